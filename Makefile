@@ -1,0 +1,55 @@
+# Tollgate: `make run` serves the demo, `make test` runs the whole suite. Both set everything up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FLASK := $(BIN)/flask --app app
+TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
+PYTEST_WORKERS ?= 2
+
+.PHONY: run test lint bench install install-dev chromium clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+# Debian's chromium drives the browser tests (Playwright cannot download browsers here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: run 'sudo apt-get install -y chromium'" >&2; exit 1; fi; }
+
+run: install
+	$(FLASK) db upgrade
+	$(FLASK) billing seed-demo
+	@echo "Tollgate on http://127.0.0.1:5000 (mail: http://127.0.0.1:5000/dev/outbox)"
+	$(FLASK) run --host 127.0.0.1 --port 5000
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install-dev chromium lint
+	@echo "== SQLite pass"
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not postgres_only"
+	@echo "== PostgreSQL pass"
+	@if TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m tests.pg_probe; then \
+	  TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest -n $(PYTEST_WORKERS); \
+	elif [ -n "$$REQUIRE_POSTGRES" ]; then echo "REQUIRE_POSTGRES is set: failing." >&2; exit 1; fi
+
+bench: install-dev
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) instance test-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,100 @@
+"""Tollgate: subscription and paywall billing for a news publisher.
+
+``create_app(config=None)`` builds the Flask app: settings from the environment (overridden by
+``config``), the database, extensions, blueprints, error handlers and the ``flask billing`` CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from billing import config as settings
+from billing import db, errors
+from billing.clock import SystemClock
+from billing.extensions import csrf, limiter, login_manager
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Create and configure the Tollgate app; ``config`` overrides settings from the environment."""
+    app = Flask(__name__, instance_path=str(settings.INSTANCE_DIR))
+    app.config.update(settings.from_env())
+    if config:
+        app.config.update(config)
+        if "SECRET_KEYS" in config:
+            app.config["SECRET_KEY"] = app.config["SECRET_KEYS"][0]
+    settings.check(app.config)
+    if app.config["DATABASE_URL"].startswith("sqlite:///"):
+        settings.INSTANCE_DIR.mkdir(exist_ok=True)
+
+    app.extensions["clock"] = app.config.get("CLOCK") or SystemClock()
+    if app.config.get("PROXY_FIX_X_FOR"):
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["PROXY_FIX_X_FOR"]))  # type: ignore[method-assign]
+
+    db.init_app(app)
+    _init_extensions(app)
+    errors.init_app(app)
+
+    from billing.services import mail
+
+    mail.init_app(app)
+    _register_blueprints(app)
+
+    from billing import cli
+
+    cli.init_app(app)
+    app.after_request(_security_headers)
+    return app
+
+
+def _init_extensions(app: Flask) -> None:
+    csrf.init_app(app)
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    app.config.setdefault("RATELIMIT_ENABLED", True)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message_category = "info"
+    login_manager.session_protection = "strong"
+
+    @login_manager.user_loader
+    def _load_reader(session_token: str) -> Any:
+        from billing.services import accounts
+
+        return accounts.by_session_token(db.session(), session_token)
+
+
+def _register_blueprints(app: Flask) -> None:
+    from billing.views import register
+
+    register(app)
+    import webhooks
+
+    app.register_blueprint(webhooks.bp)
+    csrf.exempt(webhooks.bp)
+
+
+def _security_headers(response: Response) -> Response:
+    """Add the headers every response carries (CSP, framing, sniffing, HSTS in production)."""
+    from flask import current_app
+
+    headers = response.headers
+    stripe_js = current_app.config["STRIPE_JS_URL"]
+    stripe_origin = "/".join(stripe_js.split("/")[:3])
+    headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; "
+        f"script-src 'self' {stripe_origin}; "
+        f"frame-src 'self' {stripe_origin}; "
+        f"connect-src 'self' {stripe_origin}; "
+        "img-src 'self' data:; style-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
+    )
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
+    headers.setdefault("X-Frame-Options", "DENY")
+    if current_app.config["TOLLGATE_ENV"] == "production" and request.is_secure:
+        headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+    return response

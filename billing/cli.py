@@ -1,0 +1,216 @@
+"""Command-line tools: ``flask db ...`` for the schema and ``flask billing ...`` for operations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+from sqlalchemy import select
+from sqlalchemy.orm import object_session
+
+from billing import db
+from billing.clock import Clock, FixedClock, as_utc, current_clock
+from billing.errors import DomainError
+from billing.models import BillingInterval, Plan, PlanKind, Reader, StaffRole, Trial
+from billing.services import accounts, audit, mail, trials
+
+db_cli = AppGroup("db", help="Database schema (Alembic migrations).")
+billing_cli = AppGroup("billing", help="Tollgate operations.")
+
+DEMO_PLANS = (
+    ("individual-monthly", "Monthly", PlanKind.INDIVIDUAL, BillingInterval.MONTH, 1200),
+    ("individual-yearly", "Yearly", PlanKind.INDIVIDUAL, BillingInterval.YEAR, 12000),
+    ("group-seat-yearly", "Group seat, yearly", PlanKind.GROUP, BillingInterval.YEAR, 9600),
+)
+DEMO_STAFF_EMAIL = "staff@tollgate.local"
+DEMO_STAFF_PASSWORD = "tollgate-demo-staff"  # noqa: S105 - printed for the local demo only
+DEMO_READER_PASSWORD = "tollgate-demo"  # noqa: S105
+
+
+def init_app(app: Flask) -> None:
+    """Register the command groups on ``app``."""
+    app.cli.add_command(db_cli)
+    app.cli.add_command(billing_cli)
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Run migrations up to REVISION (default: the newest)."""
+    db.upgrade(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"Database at {revision}.")
+
+
+@db_cli.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Undo migrations down to REVISION (``base`` empties the schema)."""
+    db.downgrade(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"Database at {revision}.")
+
+
+def _parse_now(value: str | None) -> Clock:
+    if value is None:
+        return current_clock()
+    try:
+        return FixedClock(as_utc(datetime.fromisoformat(value)))
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO-8601 time: {value!r}", param_hint="--now") from exc
+
+
+@billing_cli.command("create-staff")
+@click.option("--email", required=True, help="The staff member's e-mail address.")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice([r.value for r in StaffRole if r != StaffRole.NONE]),
+    help="support, finance or admin.",
+)
+@click.option("--name", default="", help="Display name (for a new account).")
+@click.password_option(help="Password for a new account (asked for when not given).")
+def create_staff(email: str, role: str, name: str, password: str) -> None:
+    """Give EMAIL a staff role, creating a verified account when there is none."""
+    session = db.session()
+    now = current_clock().now()
+    try:
+        normalised = accounts.normalise_email(email)
+        reader = accounts.find_by_email(session, normalised)
+        if reader is None:
+            result = accounts.signup(
+                session,
+                email=normalised,
+                password=password,
+                name=name or normalised.split("@")[0],
+                country="BE",
+                now=now,
+            )
+            assert result.reader is not None
+            reader = result.reader
+            reader.email_verified_at = now
+            created = True
+        else:
+            created = False
+    except DomainError as exc:
+        raise click.BadParameter(exc.message, param_hint=f"--{exc.field or 'email'}") from exc
+    reader.staff_role = StaffRole(role)
+    audit.record(
+        session,
+        now=now,
+        actor="cli",
+        action="staff.role_set",
+        target=reader,
+        details={"role": role},
+    )
+    session.commit()
+    click.echo(f"{'Created' if created else 'Updated'} {reader.email} with role {role}.")
+
+
+def _ensure_reader(
+    email: str, name: str, *, now: datetime, password: str = DEMO_READER_PASSWORD
+) -> tuple[Reader, bool]:
+    session = db.session()
+    existing = accounts.find_by_email(session, email)
+    if existing is not None:
+        return existing, False
+    result = accounts.signup(
+        session, email=email, password=password, name=name, country="BE", now=now
+    )
+    assert result.reader is not None
+    result.reader.email_verified_at = now
+    return result.reader, True
+
+
+@billing_cli.command("seed-demo")
+def seed_demo() -> None:
+    """Create demo plans, a demo staff admin and demo readers in each trial state (idempotent)."""
+    session = db.session()
+    now = current_clock().now()
+    days = current_app.config["TRIAL_DAYS"]
+    for code, name, kind, interval, amount in DEMO_PLANS:
+        if session.scalar(select(Plan).where(Plan.code == code)) is None:
+            session.add(
+                Plan(
+                    code=code,
+                    name=name,
+                    kind=kind,
+                    interval=interval,
+                    amount=amount,
+                    currency="eur",
+                )
+            )
+    staff, _ = _ensure_reader(DEMO_STAFF_EMAIL, "Demo Staff", now=now, password=DEMO_STAFF_PASSWORD)
+    staff.staff_role = StaffRole.ADMIN
+    demo_trials = {
+        "trial.active@example.org": ("Active Trial", now - timedelta(days=2)),
+        "trial.ending@example.org": ("Ending Trial", now - timedelta(days=days - 2)),
+        "trial.expired@example.org": ("Expired Trial", now - timedelta(days=days + 5)),
+        "no.trial@example.org": ("No Trial Yet", None),
+    }
+    for email, (name, started) in demo_trials.items():
+        reader, created = _ensure_reader(email, name, now=now)
+        if created and started is not None:
+            session.flush()
+            trials.start_trial(session, reader, now=started, days=days)
+    session.commit()
+    click.echo("Demo data ready.")
+    click.echo(f"  Staff login: {DEMO_STAFF_EMAIL} / {DEMO_STAFF_PASSWORD}")
+    click.echo(f"  Demo readers (password {DEMO_READER_PASSWORD}): " + ", ".join(demo_trials))
+
+
+def _trial_mailer(template: str) -> Callable[[Trial], None]:
+    """A notifier that mails a trial's reader ``template`` within the trial's own session."""
+
+    def notify(trial: Trial) -> None:
+        assert trial.reader is not None
+        session = object_session(trial)
+        assert session is not None
+        base = current_app.config["PUBLIC_BASE_URL"]
+        mail.send(
+            session,
+            trial.reader.email,
+            template,
+            reader=trial.reader,
+            trial=trial,
+            subscribe_url=f"{base}/subscribe",
+            account_url=f"{base}/account",
+        )
+
+    return notify
+
+
+@billing_cli.command("tick")
+@click.option("--now", "now_text", default=None, help="Run as of this ISO-8601 time (UTC).")
+def tick(now_text: str | None) -> None:
+    """Send due trial reminders and endings, each exactly once; safe to run every minute."""
+    now = _parse_now(now_text).now()
+    lead = timedelta(days=current_app.config["TRIAL_REMINDER_DAYS"])
+    counts = {"reminders": 0, "endings": 0}
+    steps = (
+        ("reminders", trials.due_reminders, trials.send_reminder, "trial_reminder", {"lead": lead}),
+        ("endings", trials.due_endings, trials.end_trial, "trial_ended", {}),
+    )
+    for label, find, act, template, extra in steps:
+        ids = find(db.session(), now=now, **extra)
+        for position, trial_id in enumerate(ids, start=1):
+            session = db.new_session()
+            try:
+                done = act(session, trial_id, now=now, notify=_trial_mailer(template))
+                session.commit()
+            except Exception as exc:
+                session.rollback()
+                click.echo(
+                    f"  {label}: trial {trial_id} failed, retried next tick: {exc}", err=True
+                )
+                done = False
+            finally:
+                session.close()
+            counts[label] += int(done)
+            if position % 100 == 0 or position == len(ids):
+                click.echo(f"  {label}: {position}/{len(ids)}")
+    click.echo(
+        f"Tick at {now.isoformat()}: {counts['reminders']} reminder(s) sent, "
+        f"{counts['endings']} trial(s) ended."
+    )

@@ -1,0 +1,184 @@
+"""Settings, read from environment variables with safe development defaults.
+
+Nothing here needs configuring to run locally: the defaults give SQLite in ``instance/``, mail to
+the console and the dev outbox, and localstripe as the Stripe stand-in. Production sets
+``TOLLGATE_ENV=production`` and the variables listed in the README; the app then refuses to start
+while any secret still has its development value.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEV_SECRET = "dev-secret-change-me"  # noqa: S105 - the marker refused in production
+DEV_WEBHOOK_SECRET = "whsec_dev_tollgate"  # noqa: S105
+LOCALSTRIPE_SECRET_KEY = "sk_test_localstripe"  # noqa: S105
+INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
+
+
+class ConfigError(RuntimeError):
+    """The configuration is unsafe or inconsistent; the message says which setting."""
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One documented environment variable (the README's configuration table is built from these)."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "TOLLGATE_ENV",
+        "development",
+        "`development` or `production` (production refuses dev secrets, sets secure cookies and HSTS)",
+    ),
+    Setting(
+        "DATABASE_URL",
+        "sqlite:///instance/tollgate.sqlite3",
+        "SQLAlchemy URL; `postgresql://...` in production (psycopg 3 is used)",
+    ),
+    Setting(
+        "SECRET_KEYS",
+        DEV_SECRET,
+        "comma-separated; the first signs sessions and tokens, all verify (rotation)",
+    ),
+    Setting("TRIAL_DAYS", "14", "length of the free trial in days"),
+    Setting(
+        "TRIAL_REMINDER_DAYS", "3", "how many days before the trial ends the reminder mail goes out"
+    ),
+    Setting("PAST_DUE_GRACE_DAYS", "7", "days a reader keeps access while a payment is failing"),
+    Setting("EMAIL_VERIFY_MAX_AGE", "172800", "seconds an e-mail verification link stays valid"),
+    Setting("PASSWORD_RESET_MAX_AGE", "3600", "seconds a password reset link stays valid"),
+    Setting(
+        "SMTP_URL",
+        "",
+        "`smtp://user:pass@host:587` (STARTTLS) or `smtps://...`; empty: mail goes to the console and the dev outbox",
+    ),
+    Setting("MAIL_FROM", "Tollgate <no-reply@tollgate.local>", "sender of every mail"),
+    Setting("REDIS_URL", "", "Redis for rate-limit counters; empty: in-process memory"),
+    Setting("RATELIMIT_LOGIN", "10 per minute;50 per hour", "login attempts per client address"),
+    Setting("RATELIMIT_SIGNUP", "5 per minute;30 per hour", "sign-ups per client address"),
+    Setting(
+        "RATELIMIT_RESET", "5 per minute;20 per hour", "password reset requests per client address"
+    ),
+    Setting("RATELIMIT_TRIAL", "5 per minute;20 per hour", "trial starts per client address"),
+    Setting("PUBLIC_BASE_URL", "http://127.0.0.1:5000", "absolute base for links in mails"),
+    Setting(
+        "STRIPE_SECRET_KEY",
+        LOCALSTRIPE_SECRET_KEY,
+        "Stripe secret key; the default talks to localstripe",
+    ),
+    Setting(
+        "STRIPE_PUBLISHABLE_KEY", "pk_test_localstripe", "Stripe publishable key for Stripe.js"
+    ),
+    Setting(
+        "STRIPE_API_BASE",
+        "http://127.0.0.1:8420",
+        "Stripe API base URL; `https://api.stripe.com` in production",
+    ),
+    Setting(
+        "STRIPE_JS_URL",
+        "http://127.0.0.1:8420/js.stripe.com/v3/",
+        "where the card form loads Stripe.js from",
+    ),
+    Setting(
+        "STRIPE_WEBHOOK_SECRETS",
+        DEV_WEBHOOK_SECRET,
+        "comma-separated webhook signing secrets (rotation)",
+    ),
+    Setting(
+        "CONTENT_SITE_ORIGINS",
+        "http://127.0.0.1:5001",
+        "comma-separated origins the content site runs on",
+    ),
+    Setting(
+        "ACCESS_TOKEN_TTL", "900", "lifetime in seconds of an access token for the content site"
+    ),
+)
+
+
+def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Build the Flask config mapping from environment variables (``os.environ`` by default)."""
+    env = dict(os.environ if environ is None else environ)
+    get = lambda name: env.get(name) or next(s.default for s in SETTINGS if s.name == name)  # noqa: E731
+    environment = get("TOLLGATE_ENV")
+    if environment not in {"development", "production"}:
+        raise ConfigError(
+            f"TOLLGATE_ENV must be 'development' or 'production', got {environment!r}"
+        )
+    production = environment == "production"
+    database_url = get("DATABASE_URL")
+    if database_url == "sqlite:///instance/tollgate.sqlite3":
+        database_url = f"sqlite:///{INSTANCE_DIR / 'tollgate.sqlite3'}"
+    secret_keys = _csv(get("SECRET_KEYS"))
+    return {
+        "TOLLGATE_ENV": environment,
+        "DEV_MODE": not production,
+        "DATABASE_URL": database_url,
+        "SECRET_KEYS": secret_keys,
+        "SECRET_KEY": secret_keys[0] if secret_keys else "",
+        "TRIAL_DAYS": _int(env, "TRIAL_DAYS", 14),
+        "TRIAL_REMINDER_DAYS": _int(env, "TRIAL_REMINDER_DAYS", 3),
+        "PAST_DUE_GRACE_DAYS": _int(env, "PAST_DUE_GRACE_DAYS", 7),
+        "EMAIL_VERIFY_MAX_AGE": _int(env, "EMAIL_VERIFY_MAX_AGE", 172800),
+        "PASSWORD_RESET_MAX_AGE": _int(env, "PASSWORD_RESET_MAX_AGE", 3600),
+        "SMTP_URL": env.get("SMTP_URL", ""),
+        "MAIL_FROM": get("MAIL_FROM"),
+        "REDIS_URL": env.get("REDIS_URL", ""),
+        "RATELIMIT_LOGIN": get("RATELIMIT_LOGIN"),
+        "RATELIMIT_SIGNUP": get("RATELIMIT_SIGNUP"),
+        "RATELIMIT_RESET": get("RATELIMIT_RESET"),
+        "RATELIMIT_TRIAL": get("RATELIMIT_TRIAL"),
+        "PUBLIC_BASE_URL": get("PUBLIC_BASE_URL").rstrip("/"),
+        "STRIPE_SECRET_KEY": get("STRIPE_SECRET_KEY"),
+        "STRIPE_PUBLISHABLE_KEY": get("STRIPE_PUBLISHABLE_KEY"),
+        "STRIPE_API_BASE": get("STRIPE_API_BASE").rstrip("/"),
+        "STRIPE_JS_URL": get("STRIPE_JS_URL"),
+        "STRIPE_WEBHOOK_SECRETS": _csv(get("STRIPE_WEBHOOK_SECRETS")),
+        "CONTENT_SITE_ORIGINS": _csv(get("CONTENT_SITE_ORIGINS")),
+        "ACCESS_TOKEN_TTL": _int(env, "ACCESS_TOKEN_TTL", 900),
+        "SESSION_COOKIE_SECURE": production,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": production,
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "PREFERRED_URL_SCHEME": "https" if production else "http",
+    }
+
+
+def check(config: dict[str, Any]) -> None:
+    """Refuse settings that are unsafe for the environment they run in."""
+    if not config.get("SECRET_KEYS"):
+        raise ConfigError("SECRET_KEYS must name at least one secret")
+    if config.get("TOLLGATE_ENV") != "production":
+        return
+    if DEV_SECRET in config["SECRET_KEYS"] or any(len(k) < 32 for k in config["SECRET_KEYS"]):
+        raise ConfigError("SECRET_KEYS: production needs real secrets of at least 32 characters")
+    if config.get("STRIPE_SECRET_KEY") == LOCALSTRIPE_SECRET_KEY:
+        raise ConfigError("STRIPE_SECRET_KEY: production needs a real Stripe key")
+    if DEV_WEBHOOK_SECRET in config.get("STRIPE_WEBHOOK_SECRETS", []):
+        raise ConfigError(
+            "STRIPE_WEBHOOK_SECRETS: production needs the endpoint's real signing secret"
+        )
+    if str(config.get("DATABASE_URL", "")).startswith("sqlite"):
+        raise ConfigError("DATABASE_URL: production needs PostgreSQL, not SQLite")

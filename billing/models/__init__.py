@@ -1,0 +1,62 @@
+"""Typed SQLAlchemy models, one module per aggregate; import from here."""
+
+from billing.models.base import Base, new_public_id
+from billing.models.enums import (
+    BillingInterval,
+    CollectionMethod,
+    InvoiceStatus,
+    MembershipRole,
+    PlanKind,
+    StaffRole,
+    SubscriptionEventKind,
+    SubscriptionStatus,
+    TrialStatus,
+    WebhookEventStatus,
+)
+from billing.models.grants import ComplimentaryGrant
+from billing.models.groups import Group, GroupDomain, GroupInvite, GroupIPRange, GroupMembership
+from billing.models.ops import ApiClient, AuditLog, OutboxMessage, WebhookEvent
+from billing.models.payments import (
+    Customer,
+    Dispute,
+    Invoice,
+    Refund,
+    Subscription,
+    SubscriptionEvent,
+)
+from billing.models.plans import Plan
+from billing.models.readers import Reader, Trial
+
+__all__ = [
+    "ApiClient",
+    "AuditLog",
+    "Base",
+    "BillingInterval",
+    "CollectionMethod",
+    "ComplimentaryGrant",
+    "Customer",
+    "Dispute",
+    "Group",
+    "GroupDomain",
+    "GroupIPRange",
+    "GroupInvite",
+    "GroupMembership",
+    "Invoice",
+    "InvoiceStatus",
+    "MembershipRole",
+    "OutboxMessage",
+    "Plan",
+    "PlanKind",
+    "Reader",
+    "Refund",
+    "StaffRole",
+    "Subscription",
+    "SubscriptionEvent",
+    "SubscriptionEventKind",
+    "SubscriptionStatus",
+    "Trial",
+    "TrialStatus",
+    "WebhookEvent",
+    "WebhookEventStatus",
+    "new_public_id",
+]

@@ -1,0 +1,1 @@
+"""Domain logic. Services take the session, the gateway and the clock; they never commit."""

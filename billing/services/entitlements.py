@@ -1,0 +1,154 @@
+"""The one entitlement decision: may this reader read paywalled content, why, and until when.
+
+Every view, the API, access tokens and reports ask :func:`decide`; nothing else looks at statuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from billing.models import Reader, Subscription, SubscriptionStatus
+
+DEFAULT_PAST_DUE_GRACE = timedelta(days=7)
+
+
+class Reason(StrEnum):
+    """Why access is granted or refused: a closed set, documented for the content site."""
+
+    # granted
+    SUBSCRIPTION = "subscription"
+    TRIAL = "trial"
+    GRACE_PERIOD = "grace_period"
+    PAST_DUE_GRACE = "past_due_grace"
+    GROUP_SEAT = "group_seat"
+    GROUP_IP = "group_ip"
+    COMPLIMENTARY = "complimentary"
+    # refused
+    NONE = "none"
+    EMAIL_UNVERIFIED = "email_unverified"
+    TRIAL_EXPIRED = "trial_expired"
+    SUBSCRIPTION_ENDED = "subscription_ended"
+    PAYMENT_FAILED = "payment_failed"
+    SEAT_REMOVED = "seat_removed"
+
+
+GRANTING_REASONS = frozenset(
+    {
+        Reason.SUBSCRIPTION,
+        Reason.TRIAL,
+        Reason.GRACE_PERIOD,
+        Reason.PAST_DUE_GRACE,
+        Reason.GROUP_SEAT,
+        Reason.GROUP_IP,
+        Reason.COMPLIMENTARY,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer: ``granted`` with its ``reason``; ``until`` is when it stops unless renewed."""
+
+    granted: bool
+    reason: Reason
+    until: datetime | None = None
+    plan: str | None = None
+    group: str | None = None
+
+    @classmethod
+    def refused(cls, reason: Reason = Reason.NONE) -> Decision:
+        """A refusal for ``reason``."""
+        return cls(granted=False, reason=reason)
+
+
+def decide(
+    reader: Reader | None,
+    now: datetime,
+    ip: str | None = None,
+    *,
+    past_due_grace: timedelta = DEFAULT_PAST_DUE_GRACE,
+) -> Decision:
+    """Decide whether ``reader`` (or an anonymous visitor from ``ip``) may read at ``now``.
+
+    Rules, first match wins:
+
+    1. No reader: refused, ``none`` (access by the visitor's IP range comes with groups).
+    2. A reader whose e-mail is not verified: refused, ``email_unverified``.
+    3. An individual subscription that is valid at ``now``, best first:
+       - ``active`` and not cancelled: ``subscription``, until the end of the paid period
+         (when that end has passed and renewal is still being processed, until the end plus the
+         past-due grace);
+       - Stripe-side trial (``trialing``, trial end in the future): ``trial``, until the trial end;
+       - cancelled at period end but paid until then: ``grace_period``, until the period end;
+       - ``past_due`` less than ``past_due_grace`` after the payment first failed:
+         ``past_due_grace``, until that grace ends.
+       ``unpaid``, ``incomplete``, ``incomplete_expired``, ``paused`` and ``canceled`` grant nothing.
+    4. A complimentary grant running at ``now``: ``complimentary``, until it expires.
+    5. Our own card-less trial running at ``now``: ``trial``, until it ends.
+    6. Otherwise refused, with the most telling reason: ``payment_failed`` (a subscription past due
+       beyond the grace, or unpaid), ``subscription_ended`` (a subscription that ended),
+       ``trial_expired`` (a trial that ran out), else ``none``.
+
+    A granted decision always has ``until`` later than ``now``.
+    """
+    if reader is None:
+        return Decision.refused(Reason.NONE)
+    if not reader.is_verified:
+        return Decision.refused(Reason.EMAIL_UNVERIFIED)
+
+    subscriptions = sorted(reader.subscriptions, key=lambda s: s.current_period_end, reverse=True)
+    granted = _best_subscription_decision(subscriptions, now, past_due_grace)
+    if granted is not None:
+        return granted
+
+    grants = [g for g in reader.grants if g.is_active(now)]
+    if grants:
+        longest = max(grants, key=lambda g: g.expires_at)
+        return Decision(True, Reason.COMPLIMENTARY, until=longest.expires_at)
+
+    trial = reader.trial
+    if trial is not None and trial.is_active(now):
+        return Decision(True, Reason.TRIAL, until=trial.ends_at)
+
+    return Decision.refused(_refusal_reason(reader, subscriptions, now))
+
+
+def _best_subscription_decision(
+    subscriptions: list[Subscription], now: datetime, grace: timedelta
+) -> Decision | None:
+    candidates: list[Decision] = []
+    for sub in subscriptions:
+        if sub.has_ended(now):
+            continue
+        plan = sub.plan.code if sub.plan is not None else None
+        if sub.is_active(now):
+            until = sub.current_period_end
+            if until <= now:
+                until = sub.current_period_end + grace
+            if until > now:
+                candidates.append(Decision(True, Reason.SUBSCRIPTION, until, plan))
+        elif sub.is_on_trial(now):
+            candidates.append(Decision(True, Reason.TRIAL, sub.trial_end, plan))
+        elif sub.is_on_grace_period(now):
+            candidates.append(Decision(True, Reason.GRACE_PERIOD, sub.current_period_end, plan))
+        elif sub.is_past_due_within_grace(now, grace):
+            candidates.append(
+                Decision(True, Reason.PAST_DUE_GRACE, sub.past_due_grace_ends(grace), plan)
+            )
+    if not candidates:
+        return None
+    order = [Reason.SUBSCRIPTION, Reason.TRIAL, Reason.GRACE_PERIOD, Reason.PAST_DUE_GRACE]
+    return min(candidates, key=lambda d: order.index(d.reason))
+
+
+def _refusal_reason(reader: Reader, subscriptions: list[Subscription], now: datetime) -> Reason:
+    failing = {SubscriptionStatus.PAST_DUE, SubscriptionStatus.UNPAID}
+    if any(s.status in failing and not s.has_ended(now) for s in subscriptions):
+        return Reason.PAYMENT_FAILED
+    if any(s.has_ended(now) or s.cancel_at_period_end for s in subscriptions):
+        return Reason.SUBSCRIPTION_ENDED
+    if reader.trial is not None:
+        return Reason.TRIAL_EXPIRED
+    return Reason.NONE

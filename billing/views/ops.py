@@ -1,0 +1,42 @@
+"""Operations endpoints: liveness, readiness, Prometheus metrics, and the home page."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, redirect, url_for
+from flask_login import current_user
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from billing import db
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/")
+def home() -> Response:
+    """Send readers to their account, everyone else to sign up."""
+    target = "account.overview" if current_user.is_authenticated else "auth.signup"
+    return redirect(url_for(target))  # type: ignore[return-value]
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is up."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """The database answers; 503 otherwise, so a load balancer stops sending traffic here."""
+    try:
+        db.session().execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return jsonify(status="unavailable", database="unreachable"), 503
+    return jsonify(status="ok", database="ok"), 200
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics of this process."""
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,166 @@
+"""Fixtures shared by the whole suite, in the shape of Flask's tutorial: ``app``, ``client``, ``runner``.
+
+The database is real: SQLite by default, PostgreSQL when ``TEST_DATABASE_URL`` is set (``make test``
+runs both). Each test run (and each xdist worker) gets a throwaway database, built by running the
+Alembic migrations; every test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from billing import create_app
+from billing import db as billing_db
+from billing.clock import FixedClock
+from billing.extensions import limiter
+from billing.models import Base, OutboxMessage
+from tests import factories
+
+START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+def _postgres_database(admin_url: str, worker: str) -> Iterator[str]:
+    """Create a database for this run on the server of ``admin_url``; drop it afterwards."""
+    name = f"tollgate_test_{worker}_{uuid.uuid4().hex[:10]}"
+    admin = billing_db.make_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base, _, _ = admin_url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[str]:
+    """A migrated, empty database for this test session (SQLite file or PostgreSQL database)."""
+    admin_url = os.environ.get("TEST_DATABASE_URL")
+    if admin_url:
+        generator = _postgres_database(admin_url, re.sub(r"\W", "", worker_id))
+        url = next(generator)
+    else:
+        generator = None
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
+    billing_db.upgrade(url)
+    yield url
+    if generator is not None:
+        next(generator, None)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    """A clock that stands still at 2026-11-25 09:00 UTC until the test moves it."""
+    return FixedClock(START)
+
+
+@pytest.fixture
+def app_config(database_url: str, clock: FixedClock) -> dict[str, Any]:
+    """Settings for the test app; tests may change them before asking for ``app``."""
+    return {
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "SECRET_KEYS": [TEST_SECRET],
+        "CLOCK": clock,
+        "SMTP_URL": "",
+        "PUBLIC_BASE_URL": "http://localhost",
+        "SERVER_NAME": None,
+    }
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any]) -> Iterator[Flask]:
+    """The Tollgate app on the test database; tables are emptied after the test."""
+    application = create_app(app_config)
+    limiter.reset()
+    with application.app_context():
+        factories.bind(billing_db.session())
+        yield application
+        factories.bind(None)
+        billing_db.session().rollback()
+        _empty_tables(billing_db.engine())
+    application.extensions["db_engine"].dispose()
+
+
+def _empty_tables(engine: Any) -> None:
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - names from metadata
+
+
+@pytest.fixture
+def session(app: Flask) -> Session:
+    """The app context's database session (the one views in the same context use)."""
+    return billing_db.session()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client for the app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    """A runner for the app's CLI commands."""
+    return app.test_cli_runner()
+
+
+class Outbox:
+    """The dev outbox as tests see it: the mails the console backend stored."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def all(self, to: str | None = None) -> list[OutboxMessage]:
+        """Every mail sent so far (to ``to`` only, when given), oldest first."""
+        self._session.expire_all()
+        messages = self._session.query(OutboxMessage).order_by(OutboxMessage.id).all()
+        return [m for m in messages if to is None or m.to == to]
+
+    def last_link(self, to: str, path_fragment: str) -> str:
+        """The last link containing ``path_fragment`` in mails to ``to``, as a path with query."""
+        for message in reversed(self.all(to)):
+            for url in re.findall(r"https?://\S+", message.body):
+                if path_fragment in url:
+                    return re.sub(r"^https?://[^/]+", "", url)
+        raise AssertionError(f"no mail to {to} with a link containing {path_fragment!r}")
+
+
+@pytest.fixture
+def outbox(session: Session) -> Outbox:
+    """The mails sent during the test."""
+    return Outbox(session)
+
+
+def csrf_token(client: FlaskClient, path: str) -> str:
+    """Fetch ``path`` and return the CSRF token of its form."""
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page) or re.search(
+        r'name="csrf_token" value="([^"]+)"', page
+    )
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def post_form(client: FlaskClient, path: str, data: dict[str, str], **kwargs: Any) -> Any:
+    """Submit a form the way a browser does: fetch the page for its CSRF token, then post."""
+    return client.post(path, data={**data, "csrf_token": csrf_token(client, path)}, **kwargs)

@@ -32,7 +32,7 @@ class _Base(factory.alchemy.SQLAlchemyModelFactory):
     class Meta:
         abstract = True
         sqlalchemy_session_factory = _current_session
-        sqlalchemy_session_persistence = "flush"
+        sqlalchemy_session_persistence = "commit"
 
 
 class ReaderFactory(_Base):

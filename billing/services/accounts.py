@@ -182,7 +182,7 @@ def _serializer(secret_keys: Sequence[str], salt: str) -> URLSafeTimedSerializer
 def _dumps(secret_keys: Sequence[str], salt: str, payload: dict[str, Any], now: datetime) -> str:
     serializer = _serializer(secret_keys, salt)
     signer = serializer.make_signer(salt)
-    signer.get_timestamp = lambda: int(now.timestamp())  # type: ignore[method-assign]
+    signer.get_timestamp = lambda: int(now.timestamp())  # type: ignore[attr-defined]
     return signer.sign(serializer.dump_payload(payload)).decode()
 
 

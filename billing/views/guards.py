@@ -16,7 +16,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def reader() -> Reader:
     """The logged-in reader (use inside ``login_required`` views)."""
-    return cast(Reader, current_user._get_current_object())  # type: ignore[attr-defined]
+    return cast(Reader, current_user._get_current_object())
 
 
 def staff_required(*roles: StaffRole) -> Callable[[F], F]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, Response, request
@@ -15,6 +16,8 @@ from billing import config as settings
 from billing import db, errors
 from billing.clock import SystemClock
 from billing.extensions import csrf, limiter, login_manager
+from billing.gateway import StripeGateway
+from billing.services.decision_cache import DecisionCache
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -34,8 +37,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["PROXY_FIX_X_FOR"]))  # type: ignore[method-assign]
 
     db.init_app(app)
+    app.extensions["decision_cache"] = DecisionCache(
+        past_due_grace=timedelta(days=app.config["PAST_DUE_GRACE_DAYS"]),
+        max_age=timedelta(seconds=app.config["DECISION_CACHE_MAX_AGE"]),
+        poll_interval=app.config["DECISION_CACHE_POLL_INTERVAL"],
+    )
     _init_extensions(app)
     errors.init_app(app)
+    app.extensions["stripe_gateway"] = app.config.get(
+        "STRIPE_GATEWAY"
+    ) or StripeGateway.from_config(app.config)
 
     from billing.services import mail
 

@@ -15,7 +15,7 @@ from billing import db
 from billing.clock import Clock, FixedClock, as_utc, current_clock
 from billing.errors import DomainError
 from billing.models import BillingInterval, Plan, PlanKind, Reader, StaffRole, Trial
-from billing.services import accounts, audit, mail, trials
+from billing.services import accounts, audit, decision_cache, mail, trials
 
 db_cli = AppGroup("db", help="Database schema (Alembic migrations).")
 billing_cli = AppGroup("billing", help="Tollgate operations.")
@@ -181,36 +181,157 @@ def _trial_mailer(template: str) -> Callable[[Trial], None]:
     return notify
 
 
+TrialAction = Callable[..., bool]
+
+
+def _each_trial(label: str, ids: list[int], act: TrialAction, template: str, now: datetime) -> int:
+    """Run ``act`` on each trial in its own transaction; report progress; return how many acted."""
+    done = 0
+    for position, trial_id in enumerate(ids, start=1):
+        session = db.new_session()
+        try:
+            done += act(session, trial_id, now=now, notify=_trial_mailer(template))
+            session.commit()
+        except Exception as exc:
+            session.rollback()
+            click.echo(f"  {label}: trial {trial_id} failed, retried next tick: {exc}", err=True)
+        finally:
+            session.close()
+        if position % 100 == 0 or position == len(ids):
+            click.echo(f"  {label}: {position}/{len(ids)}")
+    return done
+
+
 @billing_cli.command("tick")
 @click.option("--now", "now_text", default=None, help="Run as of this ISO-8601 time (UTC).")
 def tick(now_text: str | None) -> None:
     """Send due trial reminders and endings, each exactly once; safe to run every minute."""
     now = _parse_now(now_text).now()
+    session = db.session()
     lead = timedelta(days=current_app.config["TRIAL_REMINDER_DAYS"])
-    counts = {"reminders": 0, "endings": 0}
-    steps = (
-        ("reminders", trials.due_reminders, trials.send_reminder, "trial_reminder", {"lead": lead}),
-        ("endings", trials.due_endings, trials.end_trial, "trial_ended", {}),
-    )
-    for label, find, act, template, extra in steps:
-        ids = find(db.session(), now=now, **extra)
-        for position, trial_id in enumerate(ids, start=1):
-            session = db.new_session()
-            try:
-                done = act(session, trial_id, now=now, notify=_trial_mailer(template))
-                session.commit()
-            except Exception as exc:
-                session.rollback()
-                click.echo(
-                    f"  {label}: trial {trial_id} failed, retried next tick: {exc}", err=True
-                )
-                done = False
-            finally:
-                session.close()
-            counts[label] += int(done)
-            if position % 100 == 0 or position == len(ids):
-                click.echo(f"  {label}: {position}/{len(ids)}")
+    due = trials.due_reminders(session, now=now, lead=lead)
+    reminders = _each_trial("reminders", due, trials.send_reminder, "trial_reminder", now)
+    ended = trials.due_endings(session, now=now)
+    endings = _each_trial("endings", ended, trials.end_trial, "trial_ended", now)
+    pruned = decision_cache.prune(session, before=now - timedelta(days=1))
+    session.commit()
+    if pruned:
+        click.echo(f"  pruned {pruned} old entitlement change(s)")
     click.echo(
-        f"Tick at {now.isoformat()}: {counts['reminders']} reminder(s) sent, "
-        f"{counts['endings']} trial(s) ended."
+        f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended."
     )
+
+
+# API clients ---------------------------------------------------------------------------------
+
+_API_CLIENT_OPTIONS = {"name": "--name", "scopes": "--scopes", "allowed_origins": "--origin"}
+
+
+@billing_cli.group("api-client")
+def api_client_cli() -> None:
+    """API keys for the content site: create, list, rotate, revoke."""
+
+
+@api_client_cli.command("create")
+@click.option("--name", required=True, help="Who calls the API with this key.")
+@click.option(
+    "--scopes",
+    required=True,
+    help="Comma-separated: entitlements:read, tokens:issue, readers:read.",
+)
+@click.option(
+    "--origin",
+    "origins",
+    multiple=True,
+    help="An origin readers may be sent back to (scheme://host[:port]); repeat for more.",
+)
+def api_client_create(name: str, scopes: str, origins: tuple[str, ...]) -> None:
+    """Create an API client and print its key (shown this once only)."""
+    from billing.services import api_clients
+
+    session = db.session()
+    now = current_clock().now()
+    try:
+        client, key = api_clients.create(
+            session,
+            name=name,
+            scopes=scopes.split(","),
+            allowed_origins=origins,
+            created_by=None,
+            now=now,
+        )
+    except DomainError as exc:
+        hint = _API_CLIENT_OPTIONS.get(exc.field or "", "--name")
+        raise click.BadParameter(exc.message, param_hint=hint) from exc
+    audit.record(
+        session,
+        now=now,
+        actor="cli",
+        action="api_client.created",
+        target=client,
+        details={"name": client.name, "scopes": client.scopes, "origins": client.allowed_origins},
+    )
+    session.commit()
+    click.echo(f"Created API client {client.public_id} ({client.name}).")
+    click.echo(f"Key (shown once, store it now): {key}")
+
+
+@api_client_cli.command("list")
+def api_client_list() -> None:
+    """List API clients: id, name, key prefix, scopes, origins, created, last used, revoked."""
+    from billing.services import api_clients
+
+    clients = api_clients.all_clients(db.session())
+    if not clients:
+        click.echo("No API clients.")
+    for client in clients:
+        state = f"revoked {client.revoked_at:%Y-%m-%d %H:%M}" if client.revoked_at else "active"
+        last = f"{client.last_used_at:%Y-%m-%d %H:%M}" if client.last_used_at else "never"
+        click.echo(
+            f"{client.public_id}  {client.name}  {client.key_prefix}  "
+            f"scopes={','.join(client.scopes)}  origins={','.join(client.allowed_origins) or '-'}  "
+            f"created={client.created_at:%Y-%m-%d}  last_used={last}  {state}"
+        )
+
+
+@api_client_cli.command("rotate")
+@click.argument("client_id")
+def api_client_rotate(client_id: str) -> None:
+    """Give CLIENT_ID a new key and print it; the old key stops working within seconds."""
+    from billing.services import api_clients
+
+    session = db.session()
+    try:
+        client = api_clients.by_public_id(session, client_id)
+        key = api_clients.rotate(session, client)
+    except DomainError as exc:
+        raise click.BadParameter(exc.message, param_hint="CLIENT_ID") from exc
+    audit.record(
+        session,
+        now=current_clock().now(),
+        actor="cli",
+        action="api_client.rotated",
+        target=client,
+        details={"key_prefix": client.key_prefix},
+    )
+    session.commit()
+    click.echo(f"Rotated the key of {client.public_id} ({client.name}).")
+    click.echo(f"New key (shown once, store it now): {key}")
+
+
+@api_client_cli.command("revoke")
+@click.argument("client_id")
+def api_client_revoke(client_id: str) -> None:
+    """Revoke CLIENT_ID: its key stops working for good (within seconds on every server)."""
+    from billing.services import api_clients
+
+    session = db.session()
+    now = current_clock().now()
+    try:
+        client = api_clients.by_public_id(session, client_id)
+        api_clients.revoke(client, now=now)
+    except DomainError as exc:
+        raise click.BadParameter(exc.message, param_hint="CLIENT_ID") from exc
+    audit.record(session, now=now, actor="cli", action="api_client.revoked", target=client)
+    session.commit()
+    click.echo(f"Revoked {client.public_id} ({client.name}).")

@@ -27,16 +27,6 @@ def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
-
-
 @dataclass(frozen=True)
 class Setting:
     """One documented environment variable (the README's configuration table is built from these)."""
@@ -107,6 +97,11 @@ SETTINGS: tuple[Setting, ...] = (
         "comma-separated webhook signing secrets (rotation)",
     ),
     Setting(
+        "STRIPE_MAX_NETWORK_RETRIES",
+        "2",
+        "how often a failed call to Stripe is retried (safe: creations carry idempotency keys)",
+    ),
+    Setting(
         "CONTENT_SITE_ORIGINS",
         "http://127.0.0.1:5001",
         "comma-separated origins the content site runs on",
@@ -114,13 +109,39 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ACCESS_TOKEN_TTL", "900", "lifetime in seconds of an access token for the content site"
     ),
+    Setting(
+        "DECISION_CACHE_MAX_AGE",
+        "30",
+        "seconds a cached entitlement decision may be reused at most",
+    ),
+    Setting(
+        "DECISION_CACHE_POLL_INTERVAL",
+        "1",
+        "seconds between each process's checks of the entitlement change log (how fast a change reaches every process)",
+    ),
+    Setting(
+        "PROXY_FIX_X_FOR",
+        "0",
+        "number of trusted proxies in front of the app whose `X-Forwarded-*` headers are believed",
+    ),
 )
+_DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
 
 def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """Build the Flask config mapping from environment variables (``os.environ`` by default)."""
-    env = dict(os.environ if environ is None else environ)
-    get = lambda name: env.get(name) or next(s.default for s in SETTINGS if s.name == name)  # noqa: E731
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str:
+        value = env.get(name, "")
+        return value if value != "" else _DEFAULTS[name]
+
+    def number(name: str, kind: type[int] | type[float] = int) -> Any:
+        try:
+            return kind(get(name))
+        except ValueError as exc:
+            raise ConfigError(f"{name} must be a number, got {get(name)!r}") from exc
+
     environment = get("TOLLGATE_ENV")
     if environment not in {"development", "production"}:
         raise ConfigError(
@@ -128,7 +149,7 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         )
     production = environment == "production"
     database_url = get("DATABASE_URL")
-    if database_url == "sqlite:///instance/tollgate.sqlite3":
+    if database_url == _DEFAULTS["DATABASE_URL"]:
         database_url = f"sqlite:///{INSTANCE_DIR / 'tollgate.sqlite3'}"
     secret_keys = _csv(get("SECRET_KEYS"))
     return {
@@ -137,14 +158,14 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_URL": database_url,
         "SECRET_KEYS": secret_keys,
         "SECRET_KEY": secret_keys[0] if secret_keys else "",
-        "TRIAL_DAYS": _int(env, "TRIAL_DAYS", 14),
-        "TRIAL_REMINDER_DAYS": _int(env, "TRIAL_REMINDER_DAYS", 3),
-        "PAST_DUE_GRACE_DAYS": _int(env, "PAST_DUE_GRACE_DAYS", 7),
-        "EMAIL_VERIFY_MAX_AGE": _int(env, "EMAIL_VERIFY_MAX_AGE", 172800),
-        "PASSWORD_RESET_MAX_AGE": _int(env, "PASSWORD_RESET_MAX_AGE", 3600),
-        "SMTP_URL": env.get("SMTP_URL", ""),
+        "TRIAL_DAYS": number("TRIAL_DAYS"),
+        "TRIAL_REMINDER_DAYS": number("TRIAL_REMINDER_DAYS"),
+        "PAST_DUE_GRACE_DAYS": number("PAST_DUE_GRACE_DAYS"),
+        "EMAIL_VERIFY_MAX_AGE": number("EMAIL_VERIFY_MAX_AGE"),
+        "PASSWORD_RESET_MAX_AGE": number("PASSWORD_RESET_MAX_AGE"),
+        "SMTP_URL": get("SMTP_URL"),
         "MAIL_FROM": get("MAIL_FROM"),
-        "REDIS_URL": env.get("REDIS_URL", ""),
+        "REDIS_URL": get("REDIS_URL"),
         "RATELIMIT_LOGIN": get("RATELIMIT_LOGIN"),
         "RATELIMIT_SIGNUP": get("RATELIMIT_SIGNUP"),
         "RATELIMIT_RESET": get("RATELIMIT_RESET"),
@@ -155,8 +176,12 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "STRIPE_API_BASE": get("STRIPE_API_BASE").rstrip("/"),
         "STRIPE_JS_URL": get("STRIPE_JS_URL"),
         "STRIPE_WEBHOOK_SECRETS": _csv(get("STRIPE_WEBHOOK_SECRETS")),
+        "STRIPE_MAX_NETWORK_RETRIES": number("STRIPE_MAX_NETWORK_RETRIES"),
         "CONTENT_SITE_ORIGINS": _csv(get("CONTENT_SITE_ORIGINS")),
-        "ACCESS_TOKEN_TTL": _int(env, "ACCESS_TOKEN_TTL", 900),
+        "ACCESS_TOKEN_TTL": number("ACCESS_TOKEN_TTL"),
+        "DECISION_CACHE_MAX_AGE": number("DECISION_CACHE_MAX_AGE", float),
+        "DECISION_CACHE_POLL_INTERVAL": number("DECISION_CACHE_POLL_INTERVAL", float),
+        "PROXY_FIX_X_FOR": number("PROXY_FIX_X_FOR"),
         "SESSION_COOKIE_SECURE": production,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

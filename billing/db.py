@@ -47,7 +47,11 @@ def init_app(app: Flask) -> None:
     """Create the app's engine and session factory, and close the request's session at teardown."""
     engine = make_engine(app.config["DATABASE_URL"])
     app.extensions["db_engine"] = engine
-    app.extensions["db_sessionmaker"] = sessionmaker(bind=engine, expire_on_commit=False)
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    app.extensions["db_sessionmaker"] = factory
+    from billing.services.decision_cache import track_changes
+
+    track_changes(factory)
     app.teardown_appcontext(_close_session)
 
 

@@ -15,12 +15,19 @@ from billing.models.enums import (
 )
 from billing.models.grants import ComplimentaryGrant
 from billing.models.groups import Group, GroupDomain, GroupInvite, GroupIPRange, GroupMembership
-from billing.models.ops import ApiClient, AuditLog, OutboxMessage, WebhookEvent
+from billing.models.ops import (
+    ApiClient,
+    AuditLog,
+    EntitlementChange,
+    OutboxMessage,
+    WebhookEvent,
+)
 from billing.models.payments import (
     Customer,
     Dispute,
     Invoice,
     Refund,
+    ScheduledSubscription,
     Subscription,
     SubscriptionEvent,
 )
@@ -36,6 +43,7 @@ __all__ = [
     "ComplimentaryGrant",
     "Customer",
     "Dispute",
+    "EntitlementChange",
     "Group",
     "GroupDomain",
     "GroupIPRange",
@@ -49,6 +57,7 @@ __all__ = [
     "PlanKind",
     "Reader",
     "Refund",
+    "ScheduledSubscription",
     "StaffRole",
     "Subscription",
     "SubscriptionEvent",

@@ -80,3 +80,18 @@ class OutboxMessage(Base):
     to: Mapped[str] = mapped_column(String(320), index=True)
     subject: Mapped[str] = mapped_column(String(300))
     body: Mapped[str] = mapped_column(Text)
+
+
+class EntitlementChange(Base):
+    """A note that a reader's (or a group's) entitlement may have changed.
+
+    Written in the same transaction as the change, by a session hook, so no write path can forget
+    it. Every process polls this log to drop stale entries from its decision cache.
+    """
+
+    __tablename__ = "entitlement_changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reader_id: Mapped[int | None] = mapped_column(index=True)
+    group_id: Mapped[int | None] = mapped_column(index=True)
+    changed_at: Mapped[datetime] = mapped_column(index=True)

@@ -262,3 +262,29 @@ class Dispute(Base):
 
 
 Index("ix_subscriptions_status", Subscription.status)
+
+
+class ScheduledSubscription(Base):
+    """A subscription the reader chose during their free trial, started when the trial ends.
+
+    The card is saved with Stripe at once; ``flask billing tick`` creates the Stripe subscription at
+    ``starts_at``, so nobody is charged before the free days they were promised are over.
+    """
+
+    __tablename__ = "scheduled_subscriptions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reader_id: Mapped[int | None] = mapped_column(
+        ForeignKey("readers.id", ondelete="CASCADE"), unique=True
+    )
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"))
+    starts_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    subscription_id: Mapped[int | None] = mapped_column(ForeignKey("subscriptions.id"))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+
+    customer: Mapped[Customer] = relationship()
+    plan: Mapped[Plan] = relationship()

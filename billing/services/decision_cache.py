@@ -1,0 +1,196 @@
+"""A per-process cache of entitlement decisions, so the content site's checks skip the database.
+
+What can change a decision, and how every process learns of it:
+
+- **Writes** to subscriptions, trials, complimentary grants, group memberships, groups, their IP
+  ranges and readers (verification, deletion) append an :class:`EntitlementChange` row in the same
+  transaction, from a SQLAlchemy ``after_flush`` hook (:func:`track_changes`), so no code path can
+  forget it. Bulk ``UPDATE`` statements bypass the hook; the only one (``tick`` ending trials) changes
+  nothing the clock does not already end, see below.
+- **Time**: a granted decision is cached only until its ``until`` (the trial end, the paid period
+  end, the end of a grace), and no entry lives longer than ``max_age`` (default 30 s), which bounds
+  what time alone can change for refusals (a grant that starts later, say).
+- Each process polls the change log at most every ``poll_interval`` (default 1 s) before answering
+  from the cache, and drops the entries of every reader named there; a change to a group clears
+  the whole cache. So a change reaches every process within ``poll_interval`` plus one request.
+
+The cache is keyed by the reader's public id and holds a :class:`CachedReader` (ids and the
+decision), never ORM objects.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event, func, insert, inspect, select
+from sqlalchemy.orm import Session, selectinload
+
+from billing.models import (
+    ComplimentaryGrant,
+    EntitlementChange,
+    Group,
+    GroupIPRange,
+    GroupMembership,
+    Reader,
+    Subscription,
+    Trial,
+)
+from billing.services.entitlements import Decision, decide
+
+_READER_LINKED = (Subscription, Trial, ComplimentaryGrant, GroupMembership)
+_GROUP_LINKED = (Group, GroupIPRange)
+
+
+@dataclass(frozen=True)
+class CachedReader:
+    """What the API needs about a reader: the ids and the decision, with its cache deadline."""
+
+    reader_id: int | None
+    public_id: str
+    decision: Decision
+    expires_at: datetime
+
+
+class DecisionCache:
+    """Decisions by reader public id, invalidated through the entitlement change log."""
+
+    def __init__(
+        self,
+        *,
+        past_due_grace: timedelta,
+        max_age: timedelta = timedelta(seconds=30),
+        poll_interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.past_due_grace = past_due_grace
+        self.max_age = max_age
+        self.poll_interval = poll_interval
+        self._monotonic = monotonic
+        self._entries: dict[str, CachedReader] = {}
+        self._public_ids: dict[int, str] = {}
+        self._last_change_id: int | None = None
+        self._next_poll = 0.0
+        self._lock = threading.Lock()
+
+    def lookup(self, session: Session, public_id: str, now: datetime) -> CachedReader:
+        """The decision for the reader with ``public_id`` (unknown readers get a refusal)."""
+        self._poll(session)
+        entry = self._entries.get(public_id)
+        if entry is not None and now < entry.expires_at:
+            return entry
+        entry = self._compute(session, public_id, now)
+        with self._lock:
+            self._entries[public_id] = entry
+            if entry.reader_id is not None:
+                self._public_ids[entry.reader_id] = public_id
+        return entry
+
+    def clear(self) -> None:
+        """Forget every cached decision."""
+        with self._lock:
+            self._entries.clear()
+            self._public_ids.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _compute(self, session: Session, public_id: str, now: datetime) -> CachedReader:
+        reader = session.scalar(
+            select(Reader)
+            .where(Reader.public_id == public_id)
+            .options(
+                selectinload(Reader.subscriptions).selectinload(Subscription.plan),
+                selectinload(Reader.grants),
+                selectinload(Reader.trial),
+            )
+            .execution_options(populate_existing=True)
+        )
+        decision = decide(reader, now, past_due_grace=self.past_due_grace)
+        expires_at = now + self.max_age
+        if decision.until is not None:
+            expires_at = min(expires_at, decision.until)
+        return CachedReader(reader.id if reader else None, public_id, decision, expires_at)
+
+    def _poll(self, session: Session) -> None:
+        if self._monotonic() < self._next_poll:
+            return
+        self._next_poll = self._monotonic() + self.poll_interval
+        if self._last_change_id is None:
+            # First use: start from the end of the log; the cache is empty anyway.
+            self._last_change_id = session.scalar(select(func.max(EntitlementChange.id))) or 0
+            return
+        rows = session.execute(
+            select(EntitlementChange.id, EntitlementChange.reader_id, EntitlementChange.group_id)
+            .where(EntitlementChange.id > self._last_change_id)
+            .order_by(EntitlementChange.id)
+        ).all()
+        if not rows:
+            return
+        with self._lock:
+            self._last_change_id = rows[-1].id
+            if any(row.group_id is not None for row in rows):
+                self._entries.clear()
+                self._public_ids.clear()
+                return
+            for row in rows:
+                public_id = self._public_ids.pop(row.reader_id, None)
+                if public_id is not None:
+                    self._entries.pop(public_id, None)
+
+
+def _affected(obj: Any) -> tuple[int | None, int | None]:
+    """The (reader id, group id) whose decision a changed ``obj`` may alter."""
+    if isinstance(obj, Reader):
+        return obj.id, None
+    if isinstance(obj, _READER_LINKED):
+        return getattr(obj, "reader_id", None), getattr(obj, "group_id", None)
+    if isinstance(obj, Group):
+        return None, obj.id
+    if isinstance(obj, GroupIPRange):
+        return None, obj.group_id
+    return None, None
+
+
+def _after_flush(session: Session, _context: Any) -> None:
+    touched: set[tuple[int | None, int | None]] = set()
+    for obj in [*session.new, *session.dirty, *session.deleted]:
+        if isinstance(obj, Reader) and obj in session.dirty and not _verification_changed(obj):
+            continue
+        touched.add(_affected(obj))
+    touched.discard((None, None))
+    if not touched:
+        return
+    from billing.clock import current_clock
+
+    now = current_clock().now()
+    rows = [{"reader_id": r, "group_id": g, "changed_at": now} for r, g in sorted(touched, key=str)]
+    session.connection().execute(insert(EntitlementChange), rows)
+
+
+def _verification_changed(reader: Reader) -> bool:
+    return bool(inspect(reader).attrs.email_verified_at.history.has_changes())
+
+
+def track_changes(session_factory: Any) -> None:
+    """Make every session from ``session_factory`` log entitlement changes as it flushes."""
+    event.listen(session_factory, "after_flush", _after_flush)
+
+
+def prune(session: Session, *, before: datetime) -> int:
+    """Delete change-log rows older than ``before`` (every process has long polled them)."""
+    from sqlalchemy import delete
+
+    result = session.execute(delete(EntitlementChange).where(EntitlementChange.changed_at < before))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def current() -> DecisionCache:
+    """The running app's decision cache."""
+    from flask import current_app
+
+    return current_app.extensions["decision_cache"]  # type: ignore[no-any-return]

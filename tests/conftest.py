@@ -11,11 +11,12 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, g, request_started, request_tearing_down
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -26,6 +27,8 @@ from billing.clock import FixedClock
 from billing.extensions import limiter
 from billing.models import Base, OutboxMessage
 from tests import factories
+
+pytest_plugins = ["tests.browser", "tests.stripe_server"]
 
 START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
@@ -83,17 +86,71 @@ def app_config(database_url: str, clock: FixedClock) -> dict[str, Any]:
 
 
 @pytest.fixture
+def stripe(app_config: dict[str, Any], stripe_reset: Any) -> Any:
+    """Point the test app at this session's emptied localstripe (ask for it before ``app``).
+
+    Returns the :class:`tests.stripe_server.LocalstripeServer`, whose helpers act as the browser
+    or the bank would.
+    """
+    app_config["STRIPE_API_BASE"] = stripe_reset.url
+    app_config["STRIPE_JS_URL"] = f"{stripe_reset.url}/js.stripe.com/v3/"
+    app_config["STRIPE_MAX_NETWORK_RETRIES"] = 0
+    return stripe_reset
+
+
+@pytest.fixture
 def app(app_config: dict[str, Any]) -> Iterator[Flask]:
-    """The Tollgate app on the test database; tables are emptied after the test."""
+    """The Tollgate app on the test database; tables are emptied after the test.
+
+    The test runs inside an app context (for factories, services and the session). Test-client
+    requests would reuse that context and its ``g``; :func:`_isolate_requests` gives each request
+    its own ``g`` and database session, as a real server does.
+    """
     application = create_app(app_config)
     limiter.reset()
     with application.app_context():
-        factories.bind(billing_db.session())
-        yield application
+        test_session = billing_db.session()
+        factories.bind(test_session)
+        with _isolate_requests(application, test_session):
+            yield application
         factories.bind(None)
-        billing_db.session().rollback()
+        test_session.rollback()
         _empty_tables(billing_db.engine())
     application.extensions["db_engine"].dispose()
+
+
+@contextmanager
+def _isolate_requests(application: Flask, test_session: Session) -> Iterator[None]:
+    """Swap the test's ``g`` out while a request runs in the test's own app context.
+
+    Requests served in other threads (the live server) have their own context and are left alone.
+    After each request the test's session forgets what it had loaded, so the test sees its effects.
+    """
+    test_g = g._get_current_object()
+    saved: list[dict[str, Any]] = []
+
+    def started(_sender: Flask, **_extra: Any) -> None:
+        if g._get_current_object() is test_g:
+            saved.append(dict(vars(test_g)))
+            vars(test_g).clear()
+
+    def tearing_down(_sender: Flask, **_extra: Any) -> None:
+        if g._get_current_object() is not test_g or not saved:
+            return
+        request_session = vars(test_g).get("db_session")
+        if request_session is not None:
+            request_session.close()
+        vars(test_g).clear()
+        vars(test_g).update(saved.pop())
+        test_session.expire_all()
+
+    request_started.connect(started, application, weak=False)
+    request_tearing_down.connect(tearing_down, application, weak=False)
+    try:
+        yield
+    finally:
+        request_started.disconnect(started, application)
+        request_tearing_down.disconnect(tearing_down, application)
 
 
 def _empty_tables(engine: Any) -> None:

@@ -23,7 +23,9 @@ def main() -> int:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"PostgreSQL not reachable at {url} ({first_line}): running the SQLite pass only.")
         return 1
-    print(f"PostgreSQL {version[0] if version else '?'} reachable at {url}: running the PostgreSQL pass.")
+    print(
+        f"PostgreSQL {version[0] if version else '?'} reachable at {url}: running the PostgreSQL pass."
+    )
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Browser tests: whole journeys through the real pages in a headless Chromium."""

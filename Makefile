@@ -39,6 +39,7 @@ run: install
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: install-dev chromium lint
 	@echo "== SQLite pass"

@@ -335,3 +335,64 @@ def api_client_revoke(client_id: str) -> None:
     audit.record(session, now=now, actor="cli", action="api_client.revoked", target=client)
     session.commit()
     click.echo(f"Revoked {client.public_id} ({client.name}).")
+
+
+# Webhook events ------------------------------------------------------------------------------
+
+
+@billing_cli.command("replay-events")
+@click.option("--failed", is_flag=True, help="Replay every stored event whose handling failed.")
+@click.option(
+    "--id", "stripe_event_id", metavar="EVT", help="Replay the stored event with this Stripe id."
+)
+def replay_events(failed: bool, stripe_event_id: str | None) -> None:
+    """Handle stored Stripe events again, as the webhook does: the failed ones, or one by id.
+
+    Each event is handled in its own transaction; an event already processed (or ignored) is a
+    no-op. Exits with status 1 when an event still fails (its error is recorded again).
+    """
+    from billing.models import WebhookEvent, WebhookEventStatus
+    from webhooks import store
+    from webhooks.process import Outcome, process
+
+    if failed == (stripe_event_id is not None):
+        raise click.UsageError("Give exactly one of --failed or --id EVT.")
+    with db.new_session() as session:
+        if stripe_event_id is not None:
+            row = store.by_stripe_id(session, stripe_event_id)
+            if row is None:
+                raise click.BadParameter(f"no stored event {stripe_event_id}", param_hint="--id")
+            if row.status in store.DONE:
+                click.echo(
+                    f"{row.stripe_event_id} ({row.type}) is already {row.status.value}: "
+                    "nothing to do."
+                )
+                return
+            events = [(row.id, row.stripe_event_id, row.type)]
+        else:
+            found = session.execute(
+                select(WebhookEvent.id, WebhookEvent.stripe_event_id, WebhookEvent.type)
+                .where(WebhookEvent.status == WebhookEventStatus.FAILED)
+                .order_by(WebhookEvent.stripe_created_at, WebhookEvent.id)
+            )
+            events = [(r.id, r.stripe_event_id, r.type) for r in found]
+            if not events:
+                click.echo("No failed events to replay.")
+                return
+            click.echo(f"Replaying {len(events)} failed event(s).")
+    gateway = current_app.extensions["stripe_gateway"]
+    counts = dict.fromkeys(Outcome, 0)
+    for position, (row_id, event_id, event_type) in enumerate(events, start=1):
+        outcome = process(row_id, gateway)
+        counts[outcome] += 1
+        line = f"  [{position}/{len(events)}] {event_id} {event_type}: {outcome.value}"
+        if outcome == Outcome.FAILED:
+            with db.new_session() as session:
+                line += f": {session.get_one(WebhookEvent, row_id).last_error}"
+        click.echo(line)
+    click.echo(
+        f"Done: {counts[Outcome.PROCESSED]} processed, {counts[Outcome.IGNORED]} ignored, "
+        f"{counts[Outcome.DUPLICATE]} already done, {counts[Outcome.FAILED]} failed."
+    )
+    if counts[Outcome.FAILED]:
+        raise click.exceptions.Exit(1)

@@ -72,6 +72,16 @@ SETTINGS: tuple[Setting, ...] = (
         "RATELIMIT_RESET", "5 per minute;20 per hour", "password reset requests per client address"
     ),
     Setting("RATELIMIT_TRIAL", "5 per minute;20 per hour", "trial starts per client address"),
+    Setting(
+        "RATELIMIT_API",
+        "600 per minute",
+        "token issues and reader look-ups per API key (entitlement checks are not limited)",
+    ),
+    Setting(
+        "API_CLIENT_CACHE_TTL",
+        "5",
+        "seconds a process trusts an API key it has checked (a revoked key stops working within this)",
+    ),
     Setting("PUBLIC_BASE_URL", "http://127.0.0.1:5000", "absolute base for links in mails"),
     Setting(
         "STRIPE_SECRET_KEY",
@@ -170,6 +180,8 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "RATELIMIT_SIGNUP": get("RATELIMIT_SIGNUP"),
         "RATELIMIT_RESET": get("RATELIMIT_RESET"),
         "RATELIMIT_TRIAL": get("RATELIMIT_TRIAL"),
+        "RATELIMIT_API": get("RATELIMIT_API"),
+        "API_CLIENT_CACHE_TTL": number("API_CLIENT_CACHE_TTL", float),
         "PUBLIC_BASE_URL": get("PUBLIC_BASE_URL").rstrip("/"),
         "STRIPE_SECRET_KEY": get("STRIPE_SECRET_KEY"),
         "STRIPE_PUBLISHABLE_KEY": get("STRIPE_PUBLISHABLE_KEY"),

@@ -153,3 +153,10 @@ def test_an_unknown_reader_is_refused(
         False,
         Reason.NONE,
     )
+
+
+def test_the_cache_never_holds_more_than_its_maximum(session: Session, clock: FixedClock) -> None:
+    cache = DecisionCache(past_due_grace=timedelta(days=7), max_entries=3)
+    for number in range(10):
+        cache.lookup(session, f"rdr_unknown{number}", clock.now())
+        assert len(cache) <= 3

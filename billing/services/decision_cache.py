@@ -15,7 +15,8 @@ What can change a decision, and how every process learns of it:
   the whole cache. So a change reaches every process within ``poll_interval`` plus one request.
 
 The cache is keyed by the reader's public id and holds a :class:`CachedReader` (ids and the
-decision), never ORM objects.
+decision), never ORM objects. It holds at most ``max_entries`` entries (unknown ids included) and
+starts over when full, so no caller can make it grow without bound.
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ class DecisionCache:
         past_due_grace: timedelta,
         max_age: timedelta = timedelta(seconds=30),
         poll_interval: float = 1.0,
+        max_entries: int = 200_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.past_due_grace = past_due_grace
         self.max_age = max_age
         self.poll_interval = poll_interval
+        self.max_entries = max_entries
         self._monotonic = monotonic
         self._entries: dict[str, CachedReader] = {}
         self._public_ids: dict[int, str] = {}
@@ -85,6 +88,10 @@ class DecisionCache:
             return entry
         entry = self._compute(session, public_id, now)
         with self._lock:
+            if len(self._entries) >= self.max_entries:
+                # Bounded memory whatever ids callers ask about; refilling is cheap and rare.
+                self._entries.clear()
+                self._public_ids.clear()
             self._entries[public_id] = entry
             if entry.reader_id is not None:
                 self._public_ids[entry.reader_id] = public_id

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event, func, insert, inspect, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from billing.models import (
     ComplimentaryGrant,
@@ -107,15 +107,20 @@ class DecisionCache:
         return len(self._entries)
 
     def _compute(self, session: Session, public_id: str, now: datetime) -> CachedReader:
-        reader = session.scalar(
-            select(Reader)
-            .where(Reader.public_id == public_id)
-            .options(
-                selectinload(Reader.subscriptions).selectinload(Subscription.plan),
-                selectinload(Reader.grants),
-                selectinload(Reader.trial),
+        # One round trip: a reader has few subscriptions and grants, so the joined rows stay few.
+        reader = (
+            session.scalars(
+                select(Reader)
+                .where(Reader.public_id == public_id)
+                .options(
+                    joinedload(Reader.subscriptions).joinedload(Subscription.plan),
+                    joinedload(Reader.grants),
+                    joinedload(Reader.trial),
+                )
+                .execution_options(populate_existing=True)
             )
-            .execution_options(populate_existing=True)
+            .unique()
+            .one_or_none()
         )
         decision = decide(reader, now, past_due_grace=self.past_due_grace)
         expires_at = now + self.max_age

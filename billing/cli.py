@@ -14,7 +14,7 @@ from sqlalchemy.orm import object_session
 from billing import db
 from billing.clock import Clock, FixedClock, as_utc, current_clock
 from billing.errors import DomainError
-from billing.models import BillingInterval, Plan, PlanKind, Reader, StaffRole, Trial
+from billing.models import ApiClient, BillingInterval, Plan, PlanKind, Reader, StaffRole, Trial
 from billing.services import accounts, audit, decision_cache, mail, trials
 
 db_cli = AppGroup("db", help="Database schema (Alembic migrations).")
@@ -25,9 +25,13 @@ DEMO_PLANS = (
     ("individual-yearly", "Yearly", PlanKind.INDIVIDUAL, BillingInterval.YEAR, 12000),
     ("group-seat-yearly", "Group seat, yearly", PlanKind.GROUP, BillingInterval.YEAR, 9600),
 )
-DEMO_STAFF_EMAIL = "staff@tollgate.local"
+DEMO_STAFF_EMAIL = "staff@example.org"
 DEMO_STAFF_PASSWORD = "tollgate-demo-staff"  # noqa: S105 - printed for the local demo only
 DEMO_READER_PASSWORD = "tollgate-demo"  # noqa: S105
+DEMO_NEWSPAPER_CLIENT_ID = "cli_demo-newspaper"
+DEMO_NEWSPAPER_KEY = "tg_newsdemo.demo-newspaper-key-for-local-use-only-00000"
+DEMO_NEWSPAPER_ORIGIN = "http://127.0.0.1:5001"
+"""The demo newspaper (``examples/newspaper``) uses this client and key by default."""
 
 
 def init_app(app: Flask) -> None:
@@ -70,15 +74,20 @@ def _parse_now(value: str | None) -> Clock:
     help="support, finance or admin.",
 )
 @click.option("--name", default="", help="Display name (for a new account).")
-@click.password_option(help="Password for a new account (asked for when not given).")
-def create_staff(email: str, role: str, name: str, password: str) -> None:
+@click.option(
+    "--password", default=None, help="Password for a new account (asked for when needed)."
+)
+def create_staff(email: str, role: str, name: str, password: str | None) -> None:
     """Give EMAIL a staff role, creating a verified account when there is none."""
     session = db.session()
     now = current_clock().now()
     try:
         normalised = accounts.normalise_email(email)
         reader = accounts.find_by_email(session, normalised)
+        created = reader is None
         if reader is None:
+            if password is None:
+                password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
             result = accounts.signup(
                 session,
                 email=normalised,
@@ -90,9 +99,6 @@ def create_staff(email: str, role: str, name: str, password: str) -> None:
             assert result.reader is not None
             reader = result.reader
             reader.email_verified_at = now
-            created = True
-        else:
-            created = False
     except DomainError as exc:
         raise click.BadParameter(exc.message, param_hint=f"--{exc.field or 'email'}") from exc
     reader.staff_role = StaffRole(role)
@@ -123,9 +129,41 @@ def _ensure_reader(
     return result.reader, True
 
 
+def _demo_newspaper_key_hash() -> str:
+    """The stored hash of the demo newspaper's well-known key."""
+    from billing.services.api_clients import hash_key
+
+    return hash_key(DEMO_NEWSPAPER_KEY)
+
+
+def _ensure_demo_newspaper(now: datetime) -> ApiClient:
+    """The demo newspaper's API client, with its well-known key (development only)."""
+    from billing.services.api_clients import SCOPE_ENTITLEMENTS_READ
+
+    session = db.session()
+    client = session.scalar(
+        select(ApiClient).where(ApiClient.public_id == DEMO_NEWSPAPER_CLIENT_ID)
+    )
+    if client is None:
+        client = ApiClient(
+            public_id=DEMO_NEWSPAPER_CLIENT_ID,
+            name="Demo newspaper (examples/newspaper)",
+            key_prefix=DEMO_NEWSPAPER_KEY.split(".")[0],
+            key_hash=_demo_newspaper_key_hash(),
+            scopes=[SCOPE_ENTITLEMENTS_READ],
+            allowed_origins=[DEMO_NEWSPAPER_ORIGIN],
+            created_at=now,
+        )
+        session.add(client)
+    return client
+
+
 @billing_cli.command("seed-demo")
 def seed_demo() -> None:
-    """Create demo plans, a demo staff admin and demo readers in each trial state (idempotent)."""
+    """Create demo plans, staff admin, readers and the demo newspaper's API client (idempotent).
+
+    The newspaper's client has a well-known key, so it is created in development only.
+    """
     session = db.session()
     now = current_clock().now()
     days = current_app.config["TRIAL_DAYS"]
@@ -154,10 +192,19 @@ def seed_demo() -> None:
         if created and started is not None:
             session.flush()
             trials.start_trial(session, reader, now=started, days=days)
+    newspaper = _ensure_demo_newspaper(now) if current_app.config["DEV_MODE"] else None
     session.commit()
     click.echo("Demo data ready.")
     click.echo(f"  Staff login: {DEMO_STAFF_EMAIL} / {DEMO_STAFF_PASSWORD}")
     click.echo(f"  Demo readers (password {DEMO_READER_PASSWORD}): " + ", ".join(demo_trials))
+    if newspaper is not None:
+        known = newspaper.key_hash == _demo_newspaper_key_hash()
+        key = DEMO_NEWSPAPER_KEY if known else "rotated since"
+        state = f"revoked {newspaper.revoked_at:%Y-%m-%d}" if newspaper.revoked_at else "active"
+        click.echo(
+            f"  Demo newspaper API client: {newspaper.public_id}, key {key}, "
+            f"origins {', '.join(newspaper.allowed_origins)} ({state})"
+        )
 
 
 def _trial_mailer(template: str) -> Callable[[Trial], None]:
@@ -202,23 +249,62 @@ def _each_trial(label: str, ids: list[int], act: TrialAction, template: str, now
     return done
 
 
+def _start_scheduled(ids: list[int], now: datetime) -> tuple[int, int]:
+    """Start each due scheduled subscription in its own transaction; (started, failed).
+
+    A failure is rolled back, counted on the row (attempts, last error) and retried next tick.
+    """
+    from billing.services import payments
+
+    gateway = current_app.extensions["stripe_gateway"]
+    started = failed = 0
+    for position, scheduled_id in enumerate(ids, start=1):
+        session = db.new_session()
+        try:
+            payments.start_scheduled(session, gateway, scheduled_id, now=now)
+            session.commit()
+            started += 1
+        except Exception as exc:
+            session.rollback()
+            failed += 1
+            payments.record_start_failure(session, scheduled_id, f"{type(exc).__name__}: {exc}")
+            session.commit()
+            click.echo(
+                f"  starts: scheduled {scheduled_id} failed, retried next tick: {exc}", err=True
+            )
+        finally:
+            session.close()
+        if position % 100 == 0 or position == len(ids):
+            click.echo(f"  starts: {position}/{len(ids)}")
+    return started, failed
+
+
 @billing_cli.command("tick")
 @click.option("--now", "now_text", default=None, help="Run as of this ISO-8601 time (UTC).")
 def tick(now_text: str | None) -> None:
-    """Send due trial reminders and endings, each exactly once; safe to run every minute."""
+    """Start subscriptions scheduled at a trial's end, send due trial reminders and endings, each
+    exactly once; safe to run every minute."""
+    from billing.services import payments
+
     now = _parse_now(now_text).now()
     session = db.session()
+    gateway = current_app.extensions["stripe_gateway"]
+    due_starts = payments.start_due_subscriptions(session, gateway, now=now)
+    started, start_failures = _start_scheduled(due_starts, now)
+    subscribed = payments.trials_awaiting_start(session)
     lead = timedelta(days=current_app.config["TRIAL_REMINDER_DAYS"])
-    due = trials.due_reminders(session, now=now, lead=lead)
+    due = [t for t in trials.due_reminders(session, now=now, lead=lead) if t not in subscribed]
     reminders = _each_trial("reminders", due, trials.send_reminder, "trial_reminder", now)
-    ended = trials.due_endings(session, now=now)
+    ended = [t for t in trials.due_endings(session, now=now) if t not in subscribed]
     endings = _each_trial("endings", ended, trials.end_trial, "trial_ended", now)
     pruned = decision_cache.prune(session, before=now - timedelta(days=1))
     session.commit()
     if pruned:
         click.echo(f"  pruned {pruned} old entitlement change(s)")
+    failures = f" ({start_failures} failed, retried next tick)" if start_failures else ""
     click.echo(
-        f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended."
+        f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended, "
+        f"{started} scheduled subscription(s) started{failures}."
     )
 
 
@@ -396,3 +482,89 @@ def replay_events(failed: bool, stripe_event_id: str | None) -> None:
     )
     if counts[Outcome.FAILED]:
         raise click.exceptions.Exit(1)
+
+
+# Stripe mirror -------------------------------------------------------------------------------
+
+
+@billing_cli.command("sync-plans")
+def sync_plans() -> None:
+    """Put every active plan on sale in Stripe (a product per kind, a price per plan) and store
+    their ids; idempotent: a plan whose price still has its terms is left alone."""
+    from billing.services import payments
+
+    session = db.session()
+    results = payments.sync_plans(session, current_app.extensions["stripe_gateway"])
+    session.commit()
+    if not results:
+        click.echo("No active plans: run `flask billing seed-demo` or create plans first.")
+        return
+    for plan, change in results:
+        click.echo(f"  {plan.code}: {change.value} (price {plan.stripe_price_id})")
+    counts = {change: sum(1 for _, c in results if c == change) for change in payments.Change}
+    click.echo(
+        f"Plans synced: {counts[payments.Change.CREATED]} created, "
+        f"{counts[payments.Change.UPDATED]} updated, {counts[payments.Change.UNCHANGED]} unchanged."
+    )
+
+
+@billing_cli.command("reconcile")
+def reconcile() -> None:
+    """Re-sync every customer, subscription and invoice of ours from Stripe (after an outage, or
+    to check the mirror); each object in its own transaction. Exits 1 if any failed."""
+    from billing.gateway import is_ours
+    from billing.models import Customer, Subscription
+
+    gateway = current_app.extensions["stripe_gateway"]
+    now = current_clock().now()
+    with db.new_session() as session:
+        customers = list(session.scalars(select(Customer.stripe_id).order_by(Customer.id)))
+        known = set(session.scalars(select(Subscription.stripe_id)))
+    listed = [s.id for s in gateway.list_subscriptions() if is_ours(s)]
+    subscriptions = listed + sorted(known - set(listed))
+    summary = [_resync_all("customers", "customer", customers, now)]
+    summary.append(_resync_all("subscriptions", "subscription", subscriptions, now))
+    with db.new_session() as session:
+        billed = session.scalars(
+            select(Customer.stripe_id).where(Customer.deleted_at.is_(None)).order_by(Customer.id)
+        ).all()
+    invoices = [i.id for c in billed for i in gateway.list_invoices(customer_id=c) if is_ours(i)]
+    summary.append(_resync_all("invoices", "invoice", invoices, now))
+    failed = sum(counts.pop("failed", 0) for _, counts in summary)
+    click.echo(
+        "Reconciled: "
+        + "; ".join(
+            f"{label} {sum(counts.values())} ("
+            + ", ".join(f"{n} {change}" for change, n in counts.items())
+            + ")"
+            for label, counts in summary
+        )
+        + f"; {failed} failed."
+    )
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+def _resync_all(
+    label: str, kind: str, stripe_ids: list[str], now: datetime
+) -> tuple[str, dict[str, int]]:
+    """Re-sync each object in its own transaction, with a progress line; count the outcomes."""
+    from billing.services import payments
+
+    gateway = current_app.extensions["stripe_gateway"]
+    counts = dict.fromkeys([*(c.value for c in payments.Change), "failed"], 0)
+    for position, stripe_id in enumerate(stripe_ids, start=1):
+        session = db.new_session()
+        try:
+            change = payments.resync(session, gateway, kind, stripe_id, now=now)
+            session.commit()
+            counts[change.value] += 1
+        except Exception as exc:
+            session.rollback()
+            counts["failed"] += 1
+            click.echo(f"  {label}: {stripe_id} failed: {exc}", err=True)
+        finally:
+            session.close()
+        if position % 100 == 0 or position == len(stripe_ids):
+            click.echo(f"  {label}: {position}/{len(stripe_ids)}")
+    return label, counts

@@ -55,6 +55,7 @@ from stripe.params import (
     PriceListParams,
     ProductCreateParams,
     RefundCreateParams,
+    RefundListParams,
     SetupIntentCreateParams,
     SubscriptionCreateParams,
     SubscriptionCreateParamsItem,
@@ -1295,6 +1296,15 @@ class StripeGateway:
     def retrieve_refund(self, refund_id: str) -> StripeRefundData:
         """Fetch one refund."""
         return self._refund(self._client.v1.refunds.retrieve(refund_id).to_dict())
+
+    @_translating
+    def list_refunds(self, charge_id: str) -> list[StripeRefundData]:
+        """Every refund of a charge, newest first (to mirror what ``charge.refunded`` announces)."""
+        params: RefundListParams = {"charge": charge_id, "limit": 100}
+        return [
+            self._refund(refund.to_dict())
+            for refund in self._client.v1.refunds.list(params).auto_paging_iter()
+        ]
 
     @_translating
     def retrieve_dispute(self, dispute_id: str) -> StripeDisputeData:

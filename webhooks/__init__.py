@@ -46,9 +46,9 @@ def stripe_webhook() -> tuple[Response, int]:
         ), 400
     try:
         event = json.loads(payload)
-        if not isinstance(event, dict) or not str(event.get("id", "")).startswith("evt_"):
-            raise ValueError("not an event")
     except ValueError:
+        event = None
+    if not _looks_like_an_event(event):
         return jsonify(error_body("invalid_payload", "The body is not a Stripe event.")), 400
 
     session = db.session()
@@ -57,6 +57,20 @@ def stripe_webhook() -> tuple[Response, int]:
     outcome = process(row.id, gateway())
     status = 500 if outcome == Outcome.FAILED else 200
     return jsonify(received=True, outcome=outcome.value), status
+
+
+def _looks_like_an_event(event: object) -> bool:
+    """A Stripe event's envelope: an ``evt_`` id, a type we can store, an integer creation time."""
+    return (
+        isinstance(event, dict)
+        and isinstance(event.get("id"), str)
+        and event["id"].startswith("evt_")
+        and len(event["id"]) <= 255
+        and isinstance(event.get("type"), str)
+        and 0 < len(event["type"]) <= 128
+        and isinstance(event.get("created"), int)
+        and isinstance(event.get("data", {}), dict)
+    )
 
 
 def gateway() -> object:

@@ -1,0 +1,167 @@
+"""Helpers shared by the payment tests (plain functions; each test module has its own fixtures).
+
+They act as the reader's browser and the bank would: plans on sale in the test's localstripe, a
+reader with a saved card, webhook events signed like Stripe's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from flask.testing import FlaskClient
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
+
+from billing.cli import DEMO_PLANS
+from billing.gateway import StripeGateway
+from billing.models import (
+    Customer,
+    EntitlementChange,
+    Invoice,
+    Plan,
+    Reader,
+    Refund,
+    ScheduledSubscription,
+    Subscription,
+    SubscriptionEvent,
+    WebhookEvent,
+)
+from billing.services import payments
+from tests import factories
+from tests.stripe_server import LocalstripeServer
+from webhooks.verify import sign
+
+VISA = "4242424242424242"
+MASTERCARD = "5555555555554444"
+DECLINED_ON_CHARGE = "4000000000000341"
+DECLINED_ON_ATTACH = "4000000000000002"
+THREE_D_SECURE_THEN_DECLINED = "4000008260003178"
+WEBHOOK_SECRET = "whsec_test_payments"
+
+
+def real_now() -> datetime:
+    """The wall-clock time to whole seconds: localstripe stamps and signs with real time."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def plans_on_sale(session: Session, gateway: StripeGateway) -> dict[str, Plan]:
+    """The demo plans (monthly 12.00, yearly 120.00, group seat 96.00 EUR), synced to Stripe."""
+    for code, name, kind, interval, amount in DEMO_PLANS:
+        factories.PlanFactory(
+            code=code, name=name, kind=kind, interval=interval, amount=amount, stripe_price_id=None
+        )
+    payments.sync_plans(session, gateway)
+    session.commit()
+    return {plan.code: plan for plan in session.scalars(select(Plan))}
+
+
+def reader_with_card(
+    session: Session,
+    gateway: StripeGateway,
+    stripe: LocalstripeServer,
+    now: datetime,
+    *,
+    number: str = VISA,
+    **reader_fields: Any,
+) -> Reader:
+    """A verified reader whose Stripe customer has ``number`` as its default card (committed)."""
+    reader = factories.reader(**reader_fields)
+    save_card(session, gateway, stripe, reader, now, number)
+    return reader
+
+
+def save_card(
+    session: Session,
+    gateway: StripeGateway,
+    stripe: LocalstripeServer,
+    reader: Reader,
+    now: datetime,
+    number: str,
+) -> None:
+    """Save a new default card for ``reader`` the way the card form does, and commit."""
+    payments.save_card(session, gateway, reader, stripe.create_card(number), now=now)
+    session.commit()
+
+
+def ledger(
+    session: Session, subscription: Subscription | None = None
+) -> list[tuple[str, int, int]]:
+    """The MRR ledger as (kind, before, after) in the order it was written (of one subscription,
+    when given). Not by ``occurred_at``: starts and ends carry Stripe's (wall-clock) times, the
+    rest the app's clock, which the tests hold still."""
+    session.expire_all()
+    query = select(SubscriptionEvent).order_by(SubscriptionEvent.id)
+    if subscription is not None:
+        query = query.where(SubscriptionEvent.subscription_id == subscription.id)
+    return [(str(e.kind), e.mrr_before, e.mrr_after) for e in session.scalars(query)]
+
+
+def only_subscription(session: Session) -> Subscription:
+    """The one mirrored subscription (fresh from the database)."""
+    session.expire_all()
+    return session.scalars(select(Subscription)).one()
+
+
+def wait_for(check: Callable[[], Any], session: Session, seconds: float = 8.0) -> Any:
+    """Poll ``check`` (reading the database afresh each time) until it is truthy or time is up."""
+    deadline = time.monotonic() + seconds
+    while True:
+        session.rollback()
+        session.expire_all()
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
+def event(event_type: str, stripe_object: dict[str, Any], *, created: datetime) -> dict[str, Any]:
+    """A Stripe event about ``stripe_object`` (only its id and kind matter: handlers re-fetch)."""
+    return {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": event_type,
+        "created": int(created.timestamp()),
+        "livemode": False,
+        "data": {"object": stripe_object},
+    }
+
+
+def post_event(
+    client: FlaskClient,
+    stripe_event: dict[str, Any],
+    *,
+    now: datetime,
+    secret: str = WEBHOOK_SECRET,
+) -> TestResponse:
+    """Deliver ``stripe_event`` to ``/webhooks/stripe``, signed as Stripe signs it at ``now``."""
+    body = json.dumps(stripe_event).encode()
+    return client.post(
+        "/webhooks/stripe",
+        data=body,
+        headers={"Stripe-Signature": sign(body, secret, int(now.timestamp()))},
+        content_type="application/json",
+    )
+
+
+def forget_the_mirror(session: Session) -> None:
+    """Empty the mirror and the event log (Stripe keeps its objects), as after a lost database."""
+    session.rollback()
+    for model in (
+        ScheduledSubscription,
+        SubscriptionEvent,
+        Refund,
+        Invoice,
+        Subscription,
+        Customer,
+        WebhookEvent,
+        EntitlementChange,
+    ):
+        session.execute(delete(model))
+    session.commit()
+    session.expire_all()

@@ -26,6 +26,7 @@ from billing.views.forms import (
     render_form,
     render_refused,
 )
+from billing.views.payments import subscription_context
 
 bp = Blueprint("account", __name__)
 
@@ -87,6 +88,7 @@ def overview() -> ResponseReturnValue:
         until=long_date(decision.until) if decision.until else None,
         long_date=long_date,
         form=ButtonForm(),
+        **subscription_context(reader, now),
     )
 
 
@@ -122,7 +124,7 @@ def trial() -> ResponseReturnValue:
     )
     session.commit()
     flash("Your free trial has started.", "success")
-    return redirect(url_for("account.overview"))
+    return redirect(guards.safe_next(request.args.get("next"), url_for("account.overview")))
 
 
 @bp.route("/account/password", methods=["GET", "POST"])

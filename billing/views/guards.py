@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 from flask import abort
 from flask_login import current_user, login_required
@@ -37,9 +38,16 @@ def staff_required(*roles: StaffRole) -> Callable[[F], F]:
 
 
 def safe_next(target: str | None, default: str) -> str:
-    """A local path to go to after login; anything that could leave the site becomes ``default``."""
+    """A local path to go to after login; anything that could leave the site becomes ``default``.
+
+    Only a path on this site qualifies: it starts with one ``/``, has no scheme or host once
+    parsed, and no backslash or control character (which browsers may read as ``/``).
+    """
     if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
         return default
-    if any(ch in target for ch in "\\\r\n\t") or "://" in target:
+    if any(ch == "\\" or ord(ch) < 32 or ord(ch) == 127 for ch in target):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
         return default
     return target

@@ -60,8 +60,11 @@ def duration(seconds: int) -> str:
     return f"{minutes} minute" if minutes == 1 else f"{minutes} minutes"
 
 
-def send_verification(session: Session, reader: Reader) -> None:
-    """Mail ``reader`` a link that verifies their current address (within the caller's transaction)."""
+def send_verification(session: Session, reader: Reader, next_path: str | None = None) -> None:
+    """Mail ``reader`` a link that verifies their current address (within the caller's transaction).
+
+    ``next_path``, a local path, rides along on the link: after verifying, the reader goes there.
+    """
     config = current_app.config
     token = accounts.verification_token(config["SECRET_KEYS"], reader, current_clock().now())
     mail.send(
@@ -69,7 +72,7 @@ def send_verification(session: Session, reader: Reader) -> None:
         reader.email,
         "verify_email",
         name=reader.name,
-        link=absolute_url("auth.verify_email", token=token),
+        link=absolute_url("auth.verify_email", token=token, next=next_path or None),
         valid_for=duration(int(config["EMAIL_VERIFY_MAX_AGE"])),
     )
 
@@ -78,6 +81,7 @@ def send_verification(session: Session, reader: Reader) -> None:
 @limiter.limit(lambda: current_app.config["RATELIMIT_SIGNUP"], methods=["POST"])
 def signup() -> ResponseReturnValue:
     """Create an account and send the verification link; a taken address looks the same."""
+    next_path = guards.safe_next(request.args.get("next"), "") or None
     form = SignupForm()
     if not form.validate_on_submit():
         return render_form("auth/signup.html", form)
@@ -96,9 +100,9 @@ def signup() -> ResponseReturnValue:
     except IntegrityError:
         # The same address signed up at the same moment: answer as for any taken address.
         session.rollback()
-        return redirect(url_for("auth.verify_email"))
+        return redirect(url_for("auth.verify_email", next=next_path))
     if result.reader is not None:
-        send_verification(session, result.reader)
+        send_verification(session, result.reader, next_path)
         session.commit()
         login_user(result.reader)
     elif result.existing is not None:
@@ -111,16 +115,17 @@ def signup() -> ResponseReturnValue:
             reset_link=absolute_url("auth.reset_request"),
         )
         session.commit()
-    return redirect(url_for("auth.verify_email"))
+    return redirect(url_for("auth.verify_email", next=next_path))
 
 
 @bp.get("/verify-email")
 def verify_email() -> ResponseReturnValue:
-    """With ``token``: verify the address. Without: the "check your inbox" page."""
+    """With ``token``: verify the address, then go to ``next``. Without: "check your inbox"."""
     token = request.args.get("token")
+    after = guards.safe_next(request.args.get("next"), url_for("account.overview"))
     if not token:
         if current_user.is_authenticated and guards.reader().is_verified:
-            return redirect(url_for("account.overview"))
+            return redirect(after)
         return render_template("auth/check_inbox.html", form=ButtonForm())
     config = current_app.config
     session = db.session()
@@ -142,13 +147,14 @@ def verify_email() -> ResponseReturnValue:
         ), 400
     session.commit()
     flash("Your e-mail address is verified.", "success")
-    return redirect(url_for("account.overview"))
+    return redirect(after)
 
 
 @bp.post("/verify-email/resend")
 @limiter.limit(lambda: current_app.config["RATELIMIT_SIGNUP"], methods=["POST"])
 def resend_verification() -> ResponseReturnValue:
     """Send the verification link again to the logged-in reader (visitors get the same answer)."""
+    next_path = guards.safe_next(request.args.get("next"), "") or None
     form = ButtonForm()
     if not form.validate_on_submit():
         return render_template("auth/check_inbox.html", form=form), 400
@@ -156,12 +162,12 @@ def resend_verification() -> ResponseReturnValue:
         reader = guards.reader()
         if reader.is_verified:
             flash("Your e-mail address is already verified.", "info")
-            return redirect(url_for("account.overview"))
+            return redirect(guards.safe_next(next_path, url_for("account.overview")))
         session = db.session()
-        send_verification(session, reader)
+        send_verification(session, reader, next_path)
         session.commit()
     flash("We sent the link again. It can take a minute to arrive.", "success")
-    return redirect(url_for("auth.verify_email"))
+    return redirect(url_for("auth.verify_email", next=next_path))
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -1,0 +1,21 @@
+// Tollgate sends a reader back to <article>#tollgate_token=<token>. A fragment never reaches a
+// server, so this moves the token into the newspaper's session (POST /session, which verifies it)
+// and reloads the page without it.
+(function () {
+  "use strict";
+  var match = /(?:^#|&)tollgate_token=([A-Za-z0-9_.-]+)/.exec(window.location.hash);
+  if (!match) {
+    return;
+  }
+  var clean = window.location.pathname + window.location.search;
+  document.documentElement.classList.add("tollgate-checking");
+  window.history.replaceState(null, "", clean);
+  fetch("/session", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ token: match[1] })
+  })
+    .catch(function () { return null; })
+    .then(function () { window.location.reload(); });
+})();

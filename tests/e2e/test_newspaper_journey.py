@@ -1,0 +1,158 @@
+"""A visitor of the demo newspaper meets the paywall, starts a free trial on Tollgate and comes back
+to read; when the trial is over, the article is paywalled again.
+
+Two real servers: Tollgate (``live_server``) and the newspaper (``examples/newspaper``) on its own
+port, both reading the test's clock, so moving it ends the trial and expires the tokens at once.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from flask import Flask, got_request_exception
+from playwright.sync_api import Page, expect
+from sqlalchemy.orm import Session
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from billing.clock import FixedClock
+from billing.services import api_clients
+from tests.browser import LiveServer, _not_ready, _QuietRequestHandler
+from tests.conftest import TEST_SECRET
+from tests.factories import PASSWORD
+from tests.test_newspaper import load_newspaper
+
+pytestmark = pytest.mark.browser
+
+Screenshot = Callable[[Page, str], Path]
+ARTICLE = "/articles/veldoria-coalition-talks"
+
+
+@dataclass
+class Newspaper:
+    """The newspaper served over real HTTP; ``url`` has no trailing slash."""
+
+    url: str
+    app: Flask
+    errors: list[BaseException] = field(default_factory=list)
+
+    def at(self, path: str) -> str:
+        """The absolute URL of ``path`` on the newspaper."""
+        return self.url + path
+
+
+@pytest.fixture
+def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> Iterator[Newspaper]:
+    """The newspaper on a free port, registered with Tollgate as an API client for its origin."""
+    server: BaseWSGIServer = make_server(
+        "127.0.0.1", 0, _not_ready, threaded=True, request_handler=_QuietRequestHandler
+    )
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        client, key = api_clients.create(
+            session,
+            name="The Daily Meridian",
+            scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],
+            allowed_origins=[url],
+            created_by=None,
+            now=clock.now(),
+        )
+        session.commit()
+        app = load_newspaper().create_app(
+            {
+                "TOLLGATE_URL": live_server.url,
+                "TOLLGATE_CLIENT_ID": client.public_id,
+                "TOLLGATE_API_KEY": key,
+                "TOLLGATE_TOKEN_SECRETS": [TEST_SECRET],
+                "SECRET_KEY": "newspaper-e2e-secret",
+                "CLOCK": clock,
+            }
+        )
+    except BaseException:
+        server.server_close()
+        raise
+    paper = Newspaper(url=url, app=app)
+
+    def record(_sender: Flask, exception: BaseException, **_extra: object) -> None:
+        paper.errors.append(exception)
+
+    got_request_exception.connect(record, app, weak=False)
+    server.app = app
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="newspaper", daemon=True
+    )
+    thread.start()
+    try:
+        yield paper
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+        got_request_exception.disconnect(record, app)
+    if paper.errors:
+        details = "\n".join("".join(traceback.format_exception(e)) for e in paper.errors)
+        pytest.fail(f"the newspaper raised while serving the test's requests:\n{details}")
+
+
+def test_a_visitor_starts_a_trial_from_the_paywall_reads_and_is_paywalled_when_it_ends(
+    page: Page,
+    live_server: LiveServer,
+    newspaper: Newspaper,
+    clock: FixedClock,
+    screenshot: Screenshot,
+) -> None:
+    article_url = re.compile(re.escape(newspaper.at(ARTICLE)) + "$")
+    paywall = page.locator("[data-paywall]")
+    body = page.locator("[data-article-body]")
+
+    page.goto(newspaper.at(ARTICLE))
+    expect(paywall).to_be_visible()
+    expect(paywall).to_contain_text("Get instant access to all articles and 20 years of archives")
+    expect(body).to_have_count(0)
+    screenshot(page, "1-paywall")
+
+    page.get_by_role("link", name="Start your free trial").click()
+    expect(page).to_have_url(re.compile(re.escape(live_server.at("/access?"))))
+    expect(page.get_by_role("heading", name="Access through my organisation")).to_be_visible()
+    screenshot(page, "2-offers")
+
+    page.locator('[data-offer="trial"]').click()
+    expect(page).to_have_url(re.compile(r"/signup\?next="))
+    page.locator("[name=email]").fill("new.reader@example.org")
+    page.locator("[name=password]").fill(PASSWORD)
+    page.locator("[name=name]").fill("New Reader")
+    page.locator("select[name=country]").select_option("BE")
+    page.get_by_role("button", name="Create account").click()
+    expect(page).to_have_url(re.compile(r"/verify-email\?next="))
+    expect(page.get_by_text("Check your inbox")).to_be_visible()
+
+    page.goto("/dev/outbox?" + urlencode({"to": "new.reader@example.org"}))
+    page.locator('a[href*="/verify-email?token="]').first.click()
+    expect(page).to_have_url(re.compile(r"/trial\?next="))
+    screenshot(page, "3-trial")
+    page.get_by_role("button", name="Start free trial").click()
+
+    expect(page).to_have_url(article_url)
+    expect(body).to_be_visible()
+    expect(page.locator("[data-access]")).to_have_attribute("data-access", "trial")
+    expect(page.locator("[data-access]")).to_contain_text("until 9 December 2026")
+    expect(paywall).to_have_count(0)
+    screenshot(page, "4-reading")
+
+    page.reload()
+    expect(body).to_be_visible()
+
+    clock.advance(days=15)  # past the trial's end, and long past the token's
+    page.reload()
+    expect(page).to_have_url(article_url)
+    expect(paywall).to_be_visible()
+    expect(paywall).to_have_attribute("data-reason", "trial_expired")
+    expect(paywall).to_contain_text("Your free trial has ended.")
+    expect(body).to_have_count(0)
+    screenshot(page, "5-paywalled-again")

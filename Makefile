@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-FLASK := $(BIN)/flask --app app
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 PYTEST_WORKERS ?= 2
 
@@ -30,11 +29,9 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing: run 'sudo apt-get install -y chromium'" >&2; exit 1; fi; }
 
+# localstripe on :8420, the app on :5000, the demo newspaper on :5001 (scripts/dev.py says more).
 run: install
-	$(FLASK) db upgrade
-	$(FLASK) billing seed-demo
-	@echo "Tollgate on http://127.0.0.1:5000 (mail: http://127.0.0.1:5000/dev/outbox)"
-	$(FLASK) run --host 127.0.0.1 --port 5000
+	$(BIN)/python scripts/dev.py
 
 lint: install-dev
 	$(BIN)/ruff check .

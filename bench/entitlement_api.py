@@ -225,7 +225,7 @@ def served(target: str, env: dict[str, str]) -> Iterator[str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(base + "/healthz", timeout=1)  # noqa: S310 - loopback only
+            urllib.request.urlopen(base + "/healthz", timeout=1)
             break
         except OSError as exc:
             if getattr(exc, "code", None) == 404:

@@ -64,7 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "`smtp://user:pass@host:587` (STARTTLS) or `smtps://...`; empty: mail goes to the console and the dev outbox",
     ),
-    Setting("MAIL_FROM", "Tollgate <no-reply@tollgate.local>", "sender of every mail"),
+    Setting("MAIL_FROM", "Tollgate <no-reply@example.org>", "sender of every mail"),
     Setting("REDIS_URL", "", "Redis for rate-limit counters; empty: in-process memory"),
     Setting("RATELIMIT_LOGIN", "10 per minute;50 per hour", "login attempts per client address"),
     Setting("RATELIMIT_SIGNUP", "5 per minute;30 per hour", "sign-ups per client address"),
@@ -110,11 +110,6 @@ SETTINGS: tuple[Setting, ...] = (
         "STRIPE_MAX_NETWORK_RETRIES",
         "2",
         "how often a failed call to Stripe is retried (safe: creations carry idempotency keys)",
-    ),
-    Setting(
-        "CONTENT_SITE_ORIGINS",
-        "http://127.0.0.1:5001",
-        "comma-separated origins the content site runs on",
     ),
     Setting(
         "ACCESS_TOKEN_TTL", "900", "lifetime in seconds of an access token for the content site"
@@ -189,7 +184,6 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "STRIPE_JS_URL": get("STRIPE_JS_URL"),
         "STRIPE_WEBHOOK_SECRETS": _csv(get("STRIPE_WEBHOOK_SECRETS")),
         "STRIPE_MAX_NETWORK_RETRIES": number("STRIPE_MAX_NETWORK_RETRIES"),
-        "CONTENT_SITE_ORIGINS": _csv(get("CONTENT_SITE_ORIGINS")),
         "ACCESS_TOKEN_TTL": number("ACCESS_TOKEN_TTL"),
         "DECISION_CACHE_MAX_AGE": number("DECISION_CACHE_MAX_AGE", float),
         "DECISION_CACHE_POLL_INTERVAL": number("DECISION_CACHE_POLL_INTERVAL", float),

@@ -52,7 +52,7 @@ def init_app(app: Flask) -> None:
     from billing.services.decision_cache import track_changes
 
     track_changes(factory)
-    app.teardown_appcontext(_close_session)
+    app.teardown_appcontext(close_session)
 
 
 def engine() -> Engine:
@@ -72,7 +72,8 @@ def session() -> Session:
     return g.db_session  # type: ignore[no-any-return]
 
 
-def _close_session(_exc: BaseException | None) -> None:
+def close_session(_exc: BaseException | None = None) -> None:
+    """Close the app context's session (registered as a teardown)."""
     db_session = g.pop("db_session", None)
     if db_session is not None:
         db_session.close()

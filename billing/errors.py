@@ -60,7 +60,7 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 
 def wants_json() -> bool:
     """Whether the current request should get JSON errors (API, webhooks, or asked for JSON)."""
-    if request.path.startswith(("/api/", "/webhooks/")):
+    if (request.script_root + request.path).startswith(("/api/", "/webhooks/")):
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"

@@ -1,6 +1,6 @@
 """Rewrite the README's configuration table from ``billing/config.py`` (run after adding a setting).
 
-    .venv/bin/python scripts/settings_table.py
+.venv/bin/python scripts/settings_table.py
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ on every write (even with ``--from-scratch``, which only skips loading it) and t
 configurable: several servers would overwrite one file that a development server started without
 ``--from-scratch`` then loads (test data, or a truncated pickle while another process writes it), and
 a file left by another user makes every write fail. So each test process (each pytest-xdist worker)
-starts its own server, on a free port of 127.0.0.1 only, through a tiny launcher that points the
-store at a file in the process's own pytest temporary directory and never loads one (what
-``--from-scratch`` means). Nothing is shared between processes.
+starts its own server, on a free port of 127.0.0.1 only, through :mod:`billing.devstripe`, which
+points the store at a file in the process's own pytest temporary directory and, with
+``--from-scratch``, never loads one. Nothing is shared between processes.
 """
 
 from __future__ import annotations
@@ -42,29 +42,6 @@ from billing.gateway import StripeGateway
 
 SECRET_KEY = "sk_test_localstripe"  # localstripe accepts any key starting with sk_
 STARTUP_DEADLINE = 30.0
-_LAUNCHER = """
-import logging
-import pickle
-import sys
-
-from aiohttp import web
-from localstripe import resources, server
-
-store_path, port = sys.argv[1], int(sys.argv[2])
-
-
-def dump_to_disk(self):
-    with open(store_path, "wb") as f:
-        pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-resources.Store.dump_to_disk = dump_to_disk
-resources.Store.try_load_from_disk = lambda self: None
-logger = logging.getLogger("aiohttp.access")
-logger.setLevel(logging.DEBUG)
-logger.addHandler(logging.StreamHandler())
-web.run_app(server.app, host="127.0.0.1", port=port, access_log=logger, print=None)
-"""
 
 
 def _free_port() -> int:
@@ -96,8 +73,17 @@ class LocalstripeServer:
         for _ in range(attempts):
             port = _free_port()
             with self.log_path.open("ab") as log:
-                self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and launcher
-                    [sys.executable, "-c", _LAUNCHER, str(self.store_path), str(port)],
+                self._process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "billing.devstripe",
+                        "--store",
+                        str(self.store_path),
+                        "--port",
+                        str(port),
+                        "--from-scratch",
+                    ],
                     cwd=self.workdir,
                     stdin=subprocess.DEVNULL,
                     stdout=log,

@@ -89,9 +89,9 @@ def _documented() -> set[tuple[str, str]]:
 
 def test_every_api_route_is_documented_and_every_documented_path_exists(app: Flask) -> None:
     routes = {
-        (method, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule))
-        for rule in app.url_map.iter_rules()
-        if rule.rule.startswith("/api/")
+        (method, "/api/v1" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule))
+        for rule in app.extensions["api_app"].url_map.iter_rules()
+        if rule.endpoint != "static"
         for method in rule.methods or ()
         if method not in {"HEAD", "OPTIONS"}
     }

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import hmac
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
@@ -527,7 +528,7 @@ def test_the_module_imports_alone_without_flask_sqlalchemy_or_the_app() -> None:
         " if name.split('.')[0] in {'flask', 'sqlalchemy', 'billing', 'werkzeug'}))\n"
     )
 
-    result = subprocess.run(  # noqa: S603 - fixed arguments, no shell
+    result = subprocess.run(
         [sys.executable, "-I", "-c", script], capture_output=True, text=True, check=True
     )
 
@@ -700,3 +701,25 @@ def test_any_single_character_change_makes_a_token_invalid(
         signer.verify(changed, now=now)
     with pytest.raises(ValueError, match=r"signature|malformed|ascii"):
         verify_as_documented(changed, [NEW], now)
+
+
+def test_the_worked_example_in_the_readme_verifies() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    token = re.search(r"```\n\s*(eyJ[\w.-]+)\n\s*```", readme)
+    payload = re.search(r"```json\n\s*(\{.*\})\n\s*```", readme)
+    assert token and payload
+    claims = tokens.TokenSigner(["readme-example-secret"]).verify(
+        token.group(1), now=datetime(2026, 11, 25, 9, 14, 59, tzinfo=UTC)
+    )
+    expected = json.loads(payload.group(1))
+    assert claims.reader_id == expected["reader_id"]
+    assert (claims.granted, claims.reason, claims.client_id) == (
+        True,
+        "trial",
+        "cli_demo-newspaper",
+    )
+    assert int(claims.expires_at.timestamp()) == expected["exp"]
+    with pytest.raises(tokens.TokenExpired):
+        tokens.TokenSigner(["readme-example-secret"]).verify(
+            token.group(1), now=datetime(2026, 11, 25, 9, 15, tzinfo=UTC)
+        )

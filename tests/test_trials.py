@@ -177,3 +177,46 @@ def test_two_simultaneous_trial_starts_for_one_person_create_one_trial(
         thread.join(timeout=30)
     assert sorted(outcomes) == ["refused", "started"]
     assert session.scalar(select(func.count()).select_from(Trial)) == 1
+
+
+def test_seed_demo_creates_plans_staff_and_readers_in_every_trial_state_once(
+    runner: FlaskCliRunner, session: Session, clock: FixedClock
+) -> None:
+    for _ in range(2):
+        result = runner.invoke(args=["billing", "seed-demo"])
+        assert result.exit_code == 0, result.output
+    assert "staff@example.org" in result.output
+    states = {t.reader.email: t.status for t in session.scalars(select(Trial)) if t.reader}
+    assert states["trial.active@example.org"] == TrialStatus.ACTIVE
+    assert states["trial.ending@example.org"] == TrialStatus.ACTIVE
+    assert len(states) == 3
+
+
+def test_create_staff_gives_an_existing_reader_a_role(
+    runner: FlaskCliRunner, session: Session
+) -> None:
+    reader = factories.reader(email="support@example.org")
+    result = runner.invoke(
+        args=["billing", "create-staff", "--email", "Support@Example.org", "--role", "support"],
+        input="\n",
+    )
+    assert result.exit_code == 0, result.output
+    session.refresh(reader)
+    assert reader.staff_role == "support"
+
+
+def test_create_staff_refuses_a_short_password_naming_the_option(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(
+        args=[
+            "billing",
+            "create-staff",
+            "--email",
+            "new@example.org",
+            "--role",
+            "admin",
+            "--password",
+            "short",
+        ]
+    )
+    assert result.exit_code == 2
+    assert "--password" in result.output

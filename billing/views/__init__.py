@@ -7,13 +7,13 @@ from flask import Flask
 
 def register(app: Flask) -> None:
     """Register every blueprint of the app."""
-    from billing.extensions import csrf
     from billing.views import (
+        access,
         account,
-        api,
         auth,
         dev,
         ops,
+        payments,
         staff,
         staff_api_clients,  # noqa: F401 - adds its routes to staff.bp
     )
@@ -21,8 +21,34 @@ def register(app: Flask) -> None:
     app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(account.bp)
+    app.register_blueprint(access.bp)
+    app.register_blueprint(payments.bp)
     app.register_blueprint(staff.bp)
-    app.register_blueprint(api.bp)
-    csrf.exempt(api.bp)
     if app.config["DEV_MODE"]:
         app.register_blueprint(dev.bp)
+
+
+API_PREFIX = "/api/v1"
+
+
+def mount_api(app: Flask) -> Flask:
+    """Serve the content-site API as its own lean app under ``/api/v1``; return that app.
+
+    The content site calls the entitlement check on every article view, so the API skips the
+    browser machinery the pages need (sessions, log-in, CSRF, rate-limit hooks, CSP): it shares
+    the main app's settings and extensions (database, clock, caches) and nothing else.
+    """
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from billing import db, errors
+    from billing.views import api
+
+    api_app = Flask(__name__)
+    api_app.config = app.config
+    api_app.extensions = app.extensions
+    api_app.register_blueprint(api.bp)
+    api_app.teardown_appcontext(db.close_session)
+    errors.init_app(api_app)
+    app.extensions["api_app"] = api_app
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {API_PREFIX: api_app})  # type: ignore[method-assign]
+    return api_app

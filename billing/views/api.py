@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import wraps
@@ -37,7 +39,8 @@ from billing.services.entitlements import Decision
 from billing.services.tokens import TokenExpired, TokenInvalid, TokenSigner
 from billing.views import openapi
 
-bp = Blueprint("api", __name__, url_prefix="/api/v1")
+bp = Blueprint("api", __name__)
+"""Mounted at ``/api/v1`` as its own app by :func:`billing.views.mount_api`."""
 
 _READER_ID = re.compile(r"rdr_[A-Za-z0-9_-]{1,28}")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -60,6 +63,9 @@ def _setup(state: BlueprintSetupState) -> None:
 @bp.after_request
 def _no_store(response: Response) -> Response:
     response.headers.setdefault("Cache-Control", "no-store")
+    if response.status_code == 429 and (breached := limiter.current_limit) is not None:
+        wait = breached.reset_at - time.time()  # the limiter's windows run on the wall clock
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return response
 
 

@@ -1,0 +1,117 @@
+"""localstripe, the Stripe stand-in, with its store in a file of our choosing.
+
+localstripe keeps every object in memory and pickles the whole store after each write to the fixed
+file ``/tmp/localstripe.pickle``, which it also loads on start unless given ``--from-scratch``. One
+fixed file shared by every server on the machine is wrong for us twice over: parallel test servers
+overwrite each other's store (and a development server would load their test data), and a file
+left by another user makes every write fail. This launcher runs the same server with the store at
+``--store`` instead, written atomically (a crash mid-write never leaves half a pickle), and loads
+it on start only when asked::
+
+    python -m billing.devstripe --store instance/localstripe.pickle --port 8420   # make run
+    python -m billing.devstripe --store /tmp/x/store.pickle --port 0 --from-scratch  # tests
+
+Registered webhook endpoints live in memory only (localstripe does not store them): register
+yours again after every start (``StripeGateway.register_webhook_endpoint``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8420
+
+
+class StoreError(RuntimeError):
+    """The store file exists but cannot be loaded."""
+
+
+def dump(store: dict[str, Any], path: Path) -> None:
+    """Pickle ``store`` to ``path`` atomically (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.tmp")
+    with temporary.open("wb") as f:
+        pickle.dump(store, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(temporary, path)
+
+
+def load(store: dict[str, Any], path: Path) -> int:
+    """Fill ``store`` from the file at ``path`` if there is one; how many objects it held.
+
+    Unpickling calls the store's ``__setitem__`` for every object, which saves the store: switch
+    saving off while loading.
+    """
+    try:
+        with path.open("rb") as f:
+            saved = pickle.load(f)  # noqa: S301 - our own server's file, in our own directory
+    except FileNotFoundError:
+        return 0
+    except Exception as exc:
+        raise StoreError(f"cannot load the localstripe store {path}: {exc}") from exc
+    store.clear()
+    store.update(saved)
+    return len(saved)
+
+
+def main(
+    store_path: str | os.PathLike[str],
+    port: int = DEFAULT_PORT,
+    load_existing: bool = False,
+    host: str = DEFAULT_HOST,
+) -> None:
+    """Serve localstripe on ``host:port`` with its store in ``store_path``, until interrupted.
+
+    With ``load_existing`` the objects saved there by an earlier run are loaded first; otherwise
+    the server starts empty (the file is overwritten at the first write).
+    """
+    from aiohttp import web
+    from localstripe import resources, server
+
+    path = Path(store_path).resolve()
+    resources.Store.try_load_from_disk = lambda self: None
+    # Unpickling a Store sets its items one by one, and each set would save the whole store.
+    resources.Store.dump_to_disk = lambda self: None
+    loaded = load(resources.store, path) if load_existing else 0
+    resources.Store.dump_to_disk = lambda self: dump(self, path)
+
+    access_log = logging.getLogger("aiohttp.access")
+    access_log.setLevel(logging.DEBUG)
+    access_log.addHandler(logging.StreamHandler())
+    origin = "loaded with" if load_existing else "starting from scratch,"
+    print(
+        f"localstripe on http://{host}:{port}, store {path} ({origin} {loaded} objects)",
+        flush=True,
+    )
+    web.run_app(server.app, host=host, port=port, access_log=access_log, print=None)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m billing.devstripe",
+        description="Run localstripe with its store in a file of your choosing.",
+    )
+    parser.add_argument("--store", required=True, help="the store file (pickle)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="default %(default)s")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="default %(default)s")
+    parser.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="start empty instead of loading the objects saved in --store",
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = _parse(sys.argv[1:])
+    try:
+        main(arguments.store, arguments.port, not arguments.from_scratch, arguments.host)
+    except StoreError as error:
+        sys.exit(f"{error}\nMove it away to start with an empty localstripe.")

@@ -56,9 +56,13 @@ def main() -> None:
     token_args = ["--iterations", "20000"] if args.quick else []
     api = run([python, "bench/entitlement_api.py", *api_args])
     tokens = run([python, "bench/bench_tokens.py", *token_args])
-    table = lambda out: "\n".join(  # noqa: E731
-        line for line in out.splitlines() if line.startswith("|") or "`" in line
-    )
+
+    def table(out: str) -> str:
+        """The markdown table a benchmark printed, then its line saying how it was run."""
+        rows = [line for line in out.splitlines() if line.startswith("|")]
+        how = [line for line in out.splitlines() if "`" in line and not line.startswith("|")]
+        return "\n".join(rows) + "\n\n" + "\n".join(how)
+
     (HERE / "RESULTS.md").write_text(
         f"""# Benchmark results
 

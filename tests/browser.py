@@ -30,6 +30,7 @@ import shutil
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,17 +98,19 @@ def _failed(node: pytest.Item) -> bool:
     return any(r.failed for r in reports.values())
 
 
-@pytest.fixture
-def live_server(request: pytest.FixtureRequest, app_config: dict[str, Any]) -> Iterator[LiveServer]:
-    """The test's app served on a free local port in a background thread."""
+@contextmanager
+def serve(build: Callable[[str], Flask], name: str) -> Iterator[LiveServer]:
+    """Serve the app that ``build(url)`` returns on a free local port, in a background thread.
+
+    The port is bound first, so ``build`` knows the app's own URL. An exception the app raises
+    while serving fails the test when the server stops.
+    """
     server: BaseWSGIServer = make_server(
         "127.0.0.1", 0, _not_ready, threaded=True, request_handler=_QuietRequestHandler
     )
+    url = f"http://127.0.0.1:{server.server_port}"
     try:
-        url = f"http://127.0.0.1:{server.server_port}"
-        app_config["PUBLIC_BASE_URL"] = url
-        app: Flask = request.getfixturevalue("app")
-        app.config["PUBLIC_BASE_URL"] = url
+        app = build(url)
     except BaseException:
         server.server_close()
         raise
@@ -119,7 +122,7 @@ def live_server(request: pytest.FixtureRequest, app_config: dict[str, Any]) -> I
     got_request_exception.connect(record, app, weak=False)
     server.app = app
     thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="live-server", daemon=True
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True
     )
     thread.start()
     try:
@@ -131,7 +134,21 @@ def live_server(request: pytest.FixtureRequest, app_config: dict[str, Any]) -> I
         got_request_exception.disconnect(record, app)
     if live.errors:
         details = "\n".join("".join(traceback.format_exception(e)) for e in live.errors)
-        pytest.fail(f"the live server raised while serving the test's requests:\n{details}")
+        pytest.fail(f"{name} raised while serving the test's requests:\n{details}")
+
+
+@pytest.fixture
+def live_server(request: pytest.FixtureRequest, app_config: dict[str, Any]) -> Iterator[LiveServer]:
+    """The test's app served on a free local port in a background thread."""
+
+    def build(url: str) -> Flask:
+        app_config["PUBLIC_BASE_URL"] = url
+        app: Flask = request.getfixturevalue("app")
+        app.config["PUBLIC_BASE_URL"] = url
+        return app
+
+    with serve(build, "the live server") as live:
+        yield live
 
 
 @pytest.fixture(scope="session")

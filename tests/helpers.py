@@ -29,3 +29,13 @@ def logout(client: FlaskClient) -> None:
     with client.session_transaction() as session:
         for key in SESSION_KEYS:
             session.pop(key, None)
+
+
+class FakeMonotonic:
+    """A monotonic clock (for caches' time-to-live) that the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.value = start
+
+    def __call__(self) -> float:
+        return self.value

@@ -21,20 +21,11 @@ from billing.services.api_clients import ClientCache
 from billing.services.tokens import TokenSigner
 from tests import factories
 from tests.conftest import START, TEST_SECRET
+from tests.helpers import FakeMonotonic
 
 ALL_SCOPES = list(api_clients.SCOPES)
 DECISION_KEYS = {"granted", "reason", "until", "reader_id", "plan", "group_id", "checked_at"}
 T = "%Y-%m-%dT%H:%M:%SZ"
-
-
-class FakeMonotonic:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.value = 100.0
-
-    def __call__(self) -> float:
-        return self.value
 
 
 @pytest.fixture

@@ -26,19 +26,9 @@ from billing.services.api_clients import (
 )
 from tests import factories
 from tests.conftest import csrf_token, post_form
-from tests.helpers import login
+from tests.helpers import FakeMonotonic, login
 
 ALL_SCOPES = list(api_clients.SCOPES)
-
-
-class FakeMonotonic:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.value = 500.0
-
-    def __call__(self) -> float:
-        return self.value
 
 
 @pytest.fixture

@@ -16,16 +16,7 @@ from billing.services import trials
 from billing.services.decision_cache import DecisionCache
 from billing.services.entitlements import Reason
 from tests import factories
-
-
-class FakeMonotonic:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.value = 1000.0
-
-    def __call__(self) -> float:
-        return self.value
+from tests.helpers import FakeMonotonic
 
 
 @pytest.fixture

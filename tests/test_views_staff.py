@@ -179,3 +179,19 @@ def test_one_reader_page_says_when_there_is_no_trial_grant_or_subscription(
 
 def test_an_unknown_reader_id_is_not_found(client: FlaskClient, staff: Reader) -> None:
     assert client.get("/staff/readers/rdr_doesnotexist").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("role", "links"),
+    [
+        (StaffRole.NONE, set()),
+        (StaffRole.SUPPORT, {"Readers"}),
+        (StaffRole.ADMIN, {"Readers", "API clients"}),
+    ],
+)
+def test_the_header_offers_staff_pages_by_role(
+    client: FlaskClient, role: StaffRole, links: set[str]
+) -> None:
+    login(client, factories.reader(staff_role=role))
+    header = client.get("/account").get_data(as_text=True).split("</header>")[0]
+    assert {name for name in ("Readers", "API clients") if f">{name}</a>" in header} == links

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import Update, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -106,35 +106,29 @@ def due_endings(session: Session, *, now: datetime) -> list[int]:
 def send_reminder(
     session: Session, trial_id: int, *, now: datetime, notify: Callable[[Trial], None]
 ) -> bool:
-    """Claim and send one reminder; ``False`` when another run already claimed it.
-
-    The claim is a conditional update, so concurrent ticks cannot both send it. The caller commits
-    after each trial, so a failing mail is retried by the next tick.
-    """
-    claimed = session.execute(
-        update(Trial)
-        .where(Trial.id == trial_id, Trial.reminder_sent_at.is_(None))
-        .values(reminder_sent_at=now)
-    )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    trial = session.get_one(Trial, trial_id)
-    session.refresh(trial)
-    if trial.reader is not None:
-        notify(trial)
-    return True
+    """Claim and send one reminder; ``False`` when another run already claimed it."""
+    claim = update(Trial).where(Trial.id == trial_id, Trial.reminder_sent_at.is_(None))
+    return _claim_and_notify(session, trial_id, claim.values(reminder_sent_at=now), notify)
 
 
 def end_trial(
     session: Session, trial_id: int, *, now: datetime, notify: Callable[[Trial], None]
 ) -> bool:
     """Mark an ended trial expired and send the ending mail once; ``False`` if already done."""
-    claimed = session.execute(
-        update(Trial)
-        .where(Trial.id == trial_id, Trial.status == TrialStatus.ACTIVE)
-        .values(ended_mail_sent_at=now, status=TrialStatus.EXPIRED)
-    )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+    claim = update(Trial).where(Trial.id == trial_id, Trial.status == TrialStatus.ACTIVE)
+    values = claim.values(ended_mail_sent_at=now, status=TrialStatus.EXPIRED)
+    return _claim_and_notify(session, trial_id, values, notify)
+
+
+def _claim_and_notify(
+    session: Session, trial_id: int, claim: Update, notify: Callable[[Trial], None]
+) -> bool:
+    """Run the conditional ``claim``; if it took the trial, tell its reader.
+
+    A conditional update cannot succeed twice, so concurrent ticks never both send a mail. The
+    caller commits after each trial, so a mail that fails is retried by the next tick.
+    """
+    if session.execute(claim).rowcount != 1:  # type: ignore[attr-defined]
         return False
     trial = session.get_one(Trial, trial_id)
     session.refresh(trial)

@@ -8,22 +8,18 @@ port, both reading the test's clock, so moving it ends the trial and expires the
 from __future__ import annotations
 
 import re
-import threading
-import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from flask import Flask, got_request_exception
+from flask import Flask
 from playwright.sync_api import Page, expect
 from sqlalchemy.orm import Session
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from billing.clock import FixedClock
 from billing.services import api_clients
-from tests.browser import LiveServer, _not_ready, _QuietRequestHandler
+from tests.browser import LiveServer, serve
 from tests.conftest import TEST_SECRET
 from tests.factories import PASSWORD
 from tests.test_newspaper import load_newspaper
@@ -34,27 +30,11 @@ Screenshot = Callable[[Page, str], Path]
 ARTICLE = "/articles/veldoria-coalition-talks"
 
 
-@dataclass
-class Newspaper:
-    """The newspaper served over real HTTP; ``url`` has no trailing slash."""
-
-    url: str
-    app: Flask
-    errors: list[BaseException] = field(default_factory=list)
-
-    def at(self, path: str) -> str:
-        """The absolute URL of ``path`` on the newspaper."""
-        return self.url + path
-
-
 @pytest.fixture
-def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> Iterator[Newspaper]:
+def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> Iterator[LiveServer]:
     """The newspaper on a free port, registered with Tollgate as an API client for its origin."""
-    server: BaseWSGIServer = make_server(
-        "127.0.0.1", 0, _not_ready, threaded=True, request_handler=_QuietRequestHandler
-    )
-    url = f"http://127.0.0.1:{server.server_port}"
-    try:
+
+    def build(url: str) -> Flask:
         client, key = api_clients.create(
             session,
             name="The Daily Meridian",
@@ -64,7 +44,7 @@ def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> I
             now=clock.now(),
         )
         session.commit()
-        app = load_newspaper().create_app(
+        return load_newspaper().create_app(  # type: ignore[no-any-return]
             {
                 "TOLLGATE_URL": live_server.url,
                 "TOLLGATE_CLIENT_ID": client.public_id,
@@ -74,36 +54,15 @@ def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> I
                 "CLOCK": clock,
             }
         )
-    except BaseException:
-        server.server_close()
-        raise
-    paper = Newspaper(url=url, app=app)
 
-    def record(_sender: Flask, exception: BaseException, **_extra: object) -> None:
-        paper.errors.append(exception)
-
-    got_request_exception.connect(record, app, weak=False)
-    server.app = app
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="newspaper", daemon=True
-    )
-    thread.start()
-    try:
+    with serve(build, "the newspaper") as paper:
         yield paper
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
-        got_request_exception.disconnect(record, app)
-    if paper.errors:
-        details = "\n".join("".join(traceback.format_exception(e)) for e in paper.errors)
-        pytest.fail(f"the newspaper raised while serving the test's requests:\n{details}")
 
 
 def test_a_visitor_starts_a_trial_from_the_paywall_reads_and_is_paywalled_when_it_ends(
     page: Page,
     live_server: LiveServer,
-    newspaper: Newspaper,
+    newspaper: LiveServer,
     clock: FixedClock,
     screenshot: Screenshot,
 ) -> None:

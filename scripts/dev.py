@@ -5,15 +5,14 @@ Run it from the repository root as ``.venv/bin/python scripts/dev.py``. In order
 1. starts localstripe (the Stripe stand-in, :mod:`billing.devstripe`) on 127.0.0.1:8420 with its
    store in ``instance/localstripe.pickle``, loaded on start so the demo survives restarts (unless
    a localstripe already answers there: then that one is used, and its data is not ours to keep);
-2. registers the app's webhook endpoint ``http://127.0.0.1:5000/webhooks/stripe`` with it, signed
-   with the app's first ``STRIPE_WEBHOOK_SECRETS`` secret (localstripe forgets endpoints when it
-   stops, so this happens on every start);
-3. runs ``flask db upgrade``, ``flask billing seed-demo`` and, when the app has them,
-   ``flask billing sync-plans`` (the demo plans on sale in localstripe) and ``flask billing
-   reconcile`` (the database re-synced from localstripe: it never retries a webhook, so events
-   sent while the app was down are lost);
-4. serves the app on 127.0.0.1:5000 and, when ``examples/newspaper/app.py`` exists, the demo
-   newspaper on 127.0.0.1:5001; prints the addresses and the demo logins.
+2. runs ``flask db upgrade``, ``flask billing seed-demo`` and ``flask billing sync-plans`` (the
+   demo plans on sale in localstripe);
+3. serves the app on 127.0.0.1:5000, then registers its webhook endpoint
+   ``http://127.0.0.1:5000/webhooks/stripe`` with localstripe, signed with the app's first
+   ``STRIPE_WEBHOOK_SECRETS`` secret (localstripe forgets endpoints when it stops and sends each
+   event once, so this happens on every start, once the app can receive them), and runs
+   ``flask billing reconcile`` (events sent while the app was down are lost otherwise);
+4. serves the demo newspaper on 127.0.0.1:5001; prints the addresses and the demo logins.
 
 Every child runs in a process group of its own, its output prefixed with its name. Ctrl-C (or
 SIGTERM, or the terminal closing) stops them all, the app first and localstripe last, each
@@ -164,17 +163,13 @@ class Launcher:
         self.refuse_busy_ports()
         self.keep_database_and_store_together()
         self.start_localstripe()
-        self.register_webhook()
         self.flask_step("db", "upgrade")
         self.seed_output = self.flask_step("billing", "seed-demo")
-        commands = "\n".join(self.flask_step("billing", "--help", quiet=True))
-        if "sync-plans" in commands:
-            self.flask_step("billing", "sync-plans")
-        else:
-            note("flask billing sync-plans does not exist yet: skipped.")
-        if "reconcile" in commands:
-            self.flask_step("billing", "reconcile", check=False)
+        self.flask_step("billing", "sync-plans")
         self.start_app()
+        # Only now: localstripe sends each event once, so the app must be there to receive it.
+        self.register_webhook()
+        self.flask_step("billing", "reconcile", check=False)
         self.start_newspaper()
         self.print_welcome()
         self.supervise()

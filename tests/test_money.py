@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from billing.clock import FixedClock
 from billing.gateway import StripeGateway
 from billing.models import Invoice, SubscriptionEvent
-from billing.services import payments
+from billing.services import payments, stripe_mirror
 from tests.payments_support import (
     DECLINED_ON_CHARGE,
     VISA,
@@ -42,7 +42,7 @@ def test_after_subscribe_switch_refund_fail_and_recover_the_invoices_equal_strip
     first = session.scalars(select(Invoice)).one()
     refund = gateway.refund_invoice(first.stripe_id, amount=450, reason="requested_by_customer")
     assert refund.charge_id is not None
-    payments.sync_charge_refunds(session, gateway, refund.charge_id, now=now)
+    stripe_mirror.sync_charge_refunds(session, gateway, refund.charge_id, now=now)
     save_card(session, gateway, stripe, reader, now, DECLINED_ON_CHARGE)
     with pytest.raises(payments.PaymentFailed):
         payments.switch_plan(session, gateway, reader, "individual-yearly", now=now)

@@ -25,7 +25,7 @@ from billing.models import (
     SubscriptionStatus,
     TrialStatus,
 )
-from billing.services import entitlements, payments
+from billing.services import entitlements, payments, stripe_mirror
 from billing.services.entitlements import Reason
 from billing.services.trials import EmailNotVerified
 from tests import factories
@@ -468,7 +468,9 @@ def test_a_payment_needing_3d_secure_hands_the_client_secret_to_the_page(
     assert intent is not None and intent.client_secret == outcome.action_client_secret
     stripe.authenticate_payment_intent(intent.id, outcome.action_client_secret, success=False)
 
-    payments.sync_subscription(session, gateway, outcome.subscription.stripe_id, now=clock.now())
+    stripe_mirror.sync_subscription(
+        session, gateway, outcome.subscription.stripe_id, now=clock.now()
+    )
     session.commit()
     assert only_subscription(session).status == SubscriptionStatus.CANCELED
     assert ledger(session) == [], "it never started"
@@ -483,8 +485,8 @@ def test_refunds_of_a_charge_are_mirrored_once_with_the_refunded_total(
     first = gateway.refund_invoice(invoice.stripe_id, amount=300, reason="requested_by_customer")
     assert first.charge_id is not None
 
-    refunds = payments.sync_charge_refunds(session, gateway, first.charge_id, now=clock.now())
-    payments.sync_charge_refunds(session, gateway, first.charge_id, now=clock.now())
+    refunds = stripe_mirror.sync_charge_refunds(session, gateway, first.charge_id, now=clock.now())
+    stripe_mirror.sync_charge_refunds(session, gateway, first.charge_id, now=clock.now())
     session.commit()
 
     assert [(r.stripe_id, r.amount, r.reason) for r in refunds] == [
@@ -495,7 +497,7 @@ def test_refunds_of_a_charge_are_mirrored_once_with_the_refunded_total(
     assert ledger(session) == [("created", 0, 1200), ("refunded", 1200, 1200)]
 
     gateway.refund_invoice(invoice.stripe_id)
-    payments.sync_charge_refunds(session, gateway, first.charge_id, now=clock.now())
+    stripe_mirror.sync_charge_refunds(session, gateway, first.charge_id, now=clock.now())
     session.commit()
 
     session.refresh(invoice)
@@ -513,12 +515,12 @@ def test_syncing_the_same_subscription_again_changes_nothing(
     stripe_id = outcome.subscription.stripe_id
 
     changes = [
-        payments.resync(session, gateway, "subscription", stripe_id, now=clock.now())
+        stripe_mirror.resync(session, gateway, "subscription", stripe_id, now=clock.now())
         for _ in range(5)
     ]
     session.commit()
 
-    assert changes == [payments.Change.UNCHANGED] * 5
+    assert changes == [stripe_mirror.Change.UNCHANGED] * 5
     assert ledger(session) == [("created", 0, 1200)]
 
 

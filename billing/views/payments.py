@@ -34,7 +34,7 @@ from billing.clock import current_clock
 from billing.errors import DomainError, error_body
 from billing.gateway import StripeGateway
 from billing.models import BillingInterval, Plan, Reader, SubscriptionStatus
-from billing.services import payments
+from billing.services import payments, stripe_mirror
 from billing.views import guards
 from billing.views.forms import ButtonForm, render_form, render_refused
 from billing.views.staff import Pagination
@@ -381,7 +381,9 @@ def done() -> ResponseReturnValue:
     checked = _first_payment_pending(overview)
     if checked and overview.subscription is not None:
         # Back from the bank's 3-D Secure check: fetch the outcome instead of waiting for Stripe.
-        payments.sync_subscription(session, _gateway(), overview.subscription.stripe_id, now=now)
+        stripe_mirror.sync_subscription(
+            session, _gateway(), overview.subscription.stripe_id, now=now
+        )
         session.commit()
         overview = payments.overview(session, reader, now=now)
     if not is_running(overview, now) or overview.plan is None:

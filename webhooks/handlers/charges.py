@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from billing.gateway import StripeObjectNotFoundError
-from billing.services import payments
+from billing.services import stripe_mirror
 from webhooks.registry import EventContext, handles
 
 
 @handles("charge.refunded", why="money given back: Refund rows, invoice amount_refunded, ledger")
 def charge_refunded(context: EventContext) -> None:
     """Mirror every refund of the charge (localstripe never sends this event)."""
-    payments.sync_charge_refunds(
+    stripe_mirror.sync_charge_refunds(
         context.session,
         context.gateway,
         str(context.data_object["id"]),
@@ -28,7 +28,7 @@ def refund_updated(context: EventContext) -> None:
     except StripeObjectNotFoundError:
         return
     if refund.charge_id is not None:
-        payments.sync_charge_refunds(
+        stripe_mirror.sync_charge_refunds(
             context.session,
             context.gateway,
             refund.charge_id,
@@ -42,7 +42,7 @@ def refund_updated(context: EventContext) -> None:
 @handles("charge.dispute.closed", why="a chargeback was won or lost")
 def dispute_changed(context: EventContext) -> None:
     """Mirror the dispute (real Stripe only: localstripe has none)."""
-    payments.sync_dispute(
+    stripe_mirror.sync_dispute(
         context.session,
         context.gateway,
         str(context.data_object["id"]),

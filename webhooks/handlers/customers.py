@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billing.services import payments
+from billing.services import stripe_mirror
 from webhooks.registry import EventContext, handles
 
 
@@ -13,6 +13,6 @@ from webhooks.registry import EventContext, handles
 )
 def customer_changed(context: EventContext) -> None:
     """Mirror the customer as Stripe has it now (a deleted or vanished one is marked deleted)."""
-    payments.sync_customer(
+    stripe_mirror.sync_customer(
         context.session, context.gateway, str(context.data_object["id"]), now=context.now
     )

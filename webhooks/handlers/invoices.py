@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billing.services import payments
+from billing.services import stripe_mirror
 from webhooks.registry import EventContext, handles
 
 
@@ -28,10 +28,10 @@ def invoice_changed(context: EventContext) -> None:
 
     The subscription is re-synced too: its status follows its invoices' payments, and localstripe
     sends no ``customer.subscription.updated`` when a payment fails or recovers. A subscription
-    turning past due mails its reader (see ``payments._mail_payment_problem``), once per failure
+    turning past due mails its reader (see ``stripe_mirror.mail_payment_problem``), once per failure
     whichever of these events reports it.
     """
-    payments.sync_invoice(
+    stripe_mirror.sync_invoice(
         context.session,
         context.gateway,
         str(context.data_object["id"]),

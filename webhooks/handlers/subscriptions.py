@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billing.services import payments
+from billing.services import stripe_mirror
 from webhooks.registry import EventContext, handles
 
 
@@ -23,7 +23,7 @@ from webhooks.registry import EventContext, handles
 )
 def subscription_changed(context: EventContext) -> None:
     """Mirror the subscription the event is about, as Stripe has it now."""
-    payments.sync_subscription(
+    stripe_mirror.sync_subscription(
         context.session,
         context.gateway,
         str(context.data_object["id"]),

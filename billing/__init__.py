@@ -18,6 +18,7 @@ from billing.clock import SystemClock
 from billing.extensions import csrf, limiter, login_manager
 from billing.gateway import StripeGateway
 from billing.services.decision_cache import DecisionCache
+from billing.services.tokens import TokenSigner
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -42,6 +43,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     _init_extensions(app)
     errors.init_app(app)
+    app.extensions["token_signer"] = TokenSigner(
+        app.config["SECRET_KEYS"], ttl=timedelta(seconds=app.config["ACCESS_TOKEN_TTL"])
+    )
     app.extensions["stripe_gateway"] = app.config.get(
         "STRIPE_GATEWAY"
     ) or StripeGateway.from_config(app.config)

@@ -491,7 +491,7 @@ def replay_events(failed: bool, stripe_event_id: str | None) -> None:
 def sync_plans() -> None:
     """Put every active plan on sale in Stripe (a product per kind, a price per plan) and store
     their ids; idempotent: a plan whose price still has its terms is left alone."""
-    from billing.services import payments
+    from billing.services import payments, stripe_mirror
 
     session = db.session()
     results = payments.sync_plans(session, current_app.extensions["stripe_gateway"])
@@ -501,10 +501,11 @@ def sync_plans() -> None:
         return
     for plan, change in results:
         click.echo(f"  {plan.code}: {change.value} (price {plan.stripe_price_id})")
-    counts = {change: sum(1 for _, c in results if c == change) for change in payments.Change}
+    counts = {change: sum(1 for _, c in results if c == change) for change in stripe_mirror.Change}
     click.echo(
-        f"Plans synced: {counts[payments.Change.CREATED]} created, "
-        f"{counts[payments.Change.UPDATED]} updated, {counts[payments.Change.UNCHANGED]} unchanged."
+        f"Plans synced: {counts[stripe_mirror.Change.CREATED]} created, "
+        f"{counts[stripe_mirror.Change.UPDATED]} updated, "
+        f"{counts[stripe_mirror.Change.UNCHANGED]} unchanged."
     )
 
 
@@ -549,14 +550,14 @@ def _resync_all(
     label: str, kind: str, stripe_ids: list[str], now: datetime
 ) -> tuple[str, dict[str, int]]:
     """Re-sync each object in its own transaction, with a progress line; count the outcomes."""
-    from billing.services import payments
+    from billing.services import stripe_mirror
 
     gateway = current_app.extensions["stripe_gateway"]
-    counts = dict.fromkeys([*(c.value for c in payments.Change), "failed"], 0)
+    counts = dict.fromkeys([*(c.value for c in stripe_mirror.Change), "failed"], 0)
     for position, stripe_id in enumerate(stripe_ids, start=1):
         session = db.new_session()
         try:
-            change = payments.resync(session, gateway, kind, stripe_id, now=now)
+            change = stripe_mirror.resync(session, gateway, kind, stripe_id, now=now)
             session.commit()
             counts[change.value] += 1
         except Exception as exc:

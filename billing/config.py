@@ -125,6 +125,11 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds between each process's checks of the entitlement change log (how fast a change reaches every process)",
     ),
     Setting(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "",
+        "an empty directory shared by the gunicorn workers, so `/metrics` adds up all of them (read by prometheus-client)",
+    ),
+    Setting(
         "PROXY_FIX_X_FOR",
         "0",
         "number of trusted proxies in front of the app whose `X-Forwarded-*` headers are believed",

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
 
 from billing import create_app
+from billing.clock import FixedClock
+from billing.config import DEV_WEBHOOK_SECRET as TEST_WEBHOOK_SECRET
 from billing.config import from_env
+from billing.services import api_clients
+from tests import factories
+from webhooks.verify import sign
 
 
 def test_healthz_says_the_process_is_up(client: FlaskClient) -> None:
@@ -71,3 +78,45 @@ def test_an_unknown_page_answers_html(client: FlaskClient) -> None:
     response = client.get("/nothing-here", headers={"Accept": "text/html"})
     assert response.status_code == 404
     assert "<h1>Not found</h1>" in response.get_data(as_text=True)
+
+
+def _counter(client: FlaskClient, sample: str) -> float:
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_count_the_stripe_events_handled(client: FlaskClient, clock: FixedClock) -> None:
+    sample = 'tollgate_webhook_events_total{outcome="ignored",type="tollgate.test.metrics"}'
+    before = _counter(client, sample)
+    event = json.dumps(
+        {"id": "evt_metrics", "type": "tollgate.test.metrics", "created": 1, "data": {"object": {}}}
+    ).encode()
+    header = sign(event, TEST_WEBHOOK_SECRET, int(clock.now().timestamp()))
+    for _ in range(2):
+        client.post("/webhooks/stripe", data=event, headers={"Stripe-Signature": header})
+    assert _counter(client, sample) == before + 1
+    duplicate = 'tollgate_webhook_events_total{outcome="duplicate",type="tollgate.test.metrics"}'
+    assert _counter(client, duplicate) >= 1
+
+
+def test_metrics_count_the_api_decisions_by_reason(client: FlaskClient, session: Session) -> None:
+    grant = factories.GrantFactory()
+    _client, key = api_clients.create(
+        session,
+        name="metrics",
+        scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],
+        allowed_origins=[],
+        created_by=None,
+        now=factories.NOW,
+    )
+    session.commit()
+    sample = 'tollgate_entitlement_decisions_total{reason="complimentary"}'
+    before = _counter(client, sample)
+    response = client.get(
+        f"/api/v1/readers/{grant.reader.public_id}/entitlement",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert response.get_json()["reason"] == "complimentary"
+    assert _counter(client, sample) == before + 1

@@ -38,7 +38,6 @@ from flask import (
     request,
     url_for,
 )
-from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
@@ -66,14 +65,6 @@ class BadAccessLink(DomainError):
     """The content site's link cannot be followed: unknown client, or a ``return_to`` not allowed."""
 
     code = "bad_access_link"
-
-
-@bp.record_once
-def _setup(state: BlueprintSetupState) -> None:
-    config = state.app.config
-    state.app.extensions["access_token_signer"] = TokenSigner(
-        config["SECRET_KEYS"], ttl=timedelta(seconds=int(config["ACCESS_TOKEN_TTL"]))
-    )
 
 
 @bp.errorhandler(BadAccessLink)
@@ -178,7 +169,7 @@ def _token(reader: Reader | None, client: ApiClient, now: datetime) -> tuple[str
         and decision.until - now < timedelta(seconds=1)
     ):
         decision = _decide(reader, now + timedelta(seconds=1))
-    signer: TokenSigner = current_app.extensions["access_token_signer"]
+    signer: TokenSigner = current_app.extensions["token_signer"]
     token, _expires = signer.issue(
         reader_id=reader.public_id if reader is not None else None,
         granted=decision.granted,

@@ -13,7 +13,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 
@@ -25,6 +25,7 @@ from billing import db
 from billing.clock import current_clock
 from billing.errors import NotFound, ValidationFailed, error_body
 from billing.extensions import limiter
+from billing.metrics import ENTITLEMENT_DECISIONS
 from billing.models import Reader
 from billing.services import accounts, api_clients, decision_cache, entitlements
 from billing.services.api_clients import (
@@ -54,9 +55,6 @@ def _setup(state: BlueprintSetupState) -> None:
     config = state.app.config
     state.app.extensions["api_client_cache"] = api_clients.ClientCache(
         ttl=float(config["API_CLIENT_CACHE_TTL"])
-    )
-    state.app.extensions["api_token_signer"] = TokenSigner(
-        config["SECRET_KEYS"], ttl=timedelta(seconds=int(config["ACCESS_TOKEN_TTL"]))
     )
 
 
@@ -125,6 +123,8 @@ def _time(moment: datetime | None) -> str | None:
 
 
 def _decision_body(decision: Decision, reader_id: str | None, now: datetime) -> dict[str, Any]:
+    """The API's answer for ``decision``; every answer is counted in the metrics by reason."""
+    ENTITLEMENT_DECISIONS.labels(reason=decision.reason.value).inc()
     return {
         "granted": decision.granted,
         "reason": decision.reason.value,
@@ -172,7 +172,7 @@ def _json_object(members: tuple[str, ...]) -> dict[str, str]:
 
 
 def _signer() -> TokenSigner:
-    return current_app.extensions["api_token_signer"]  # type: ignore[no-any-return]
+    return current_app.extensions["token_signer"]  # type: ignore[no-any-return]
 
 
 @bp.get("/readers/<reader_id>/entitlement")

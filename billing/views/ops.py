@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, redirect, url_for
 from flask_login import current_user
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from billing import db
+from billing.metrics import exposition
 
 bp = Blueprint("ops", __name__)
 
@@ -38,5 +38,6 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus metrics of this process."""
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    """Prometheus metrics (of every gunicorn worker when ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
+    body, content_type = exposition()
+    return Response(body, content_type=content_type)

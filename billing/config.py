@@ -73,6 +73,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("RATELIMIT_TRIAL", "5 per minute;20 per hour", "trial starts per client address"),
     Setting(
+        "RATELIMIT_CARD",
+        "10 per minute;30 per hour",
+        "card set-ups per client address (stops card testing through the subscribe form)",
+    ),
+    Setting(
         "RATELIMIT_API",
         "600 per minute",
         "token issues and reader look-ups per API key (entitlement checks are not limited)",
@@ -181,6 +186,7 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "RATELIMIT_RESET": get("RATELIMIT_RESET"),
         "RATELIMIT_TRIAL": get("RATELIMIT_TRIAL"),
         "RATELIMIT_API": get("RATELIMIT_API"),
+        "RATELIMIT_CARD": get("RATELIMIT_CARD"),
         "API_CLIENT_CACHE_TTL": number("API_CLIENT_CACHE_TTL", float),
         "PUBLIC_BASE_URL": get("PUBLIC_BASE_URL").rstrip("/"),
         "STRIPE_SECRET_KEY": get("STRIPE_SECRET_KEY"),

@@ -584,3 +584,17 @@ def test_the_way_back_after_subscribing_never_leaves_the_site(
     done = client.get(response.headers["Location"]).get_data(as_text=True)
     assert "evil.example" not in done
     assert "Continue reading" not in done
+
+
+def test_card_set_ups_are_rate_limited_against_card_testing(client: FlaskClient) -> None:
+    client.application.config["RATELIMIT_CARD"] = "2 per minute"
+    page = client.get("/subscribe").get_data(as_text=True)
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)"', page)
+    assert token
+    headers = {"X-CSRFToken": token.group(1), "Accept": "application/json"}
+
+    statuses = [
+        client.post("/subscribe/setup-intent", headers=headers).status_code for _ in range(3)
+    ]
+
+    assert statuses == [200, 200, 429]

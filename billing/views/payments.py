@@ -32,6 +32,7 @@ from wtforms.validators import ValidationError
 from billing import db
 from billing.clock import current_clock
 from billing.errors import DomainError, error_body
+from billing.extensions import limiter
 from billing.gateway import StripeGateway
 from billing.models import BillingInterval, Plan, Reader, SubscriptionStatus
 from billing.services import payments, stripe_mirror
@@ -357,6 +358,7 @@ def _first_payment_pending(overview: payments.BillingOverview) -> bool:
 
 @bp.post("/subscribe/setup-intent")
 @login_required
+@limiter.limit(lambda: current_app.config["RATELIMIT_CARD"])
 def setup_intent() -> ResponseReturnValue:
     """JSON: a SetupIntent's client secret, for Stripe.js to save a card with (CSRF in a header)."""
     reader = guards.reader()

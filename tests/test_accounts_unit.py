@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.orm import Session
 
+from billing.clock import FixedClock
 from billing.errors import ValidationFailed
+from billing.services import accounts
 from billing.services.accounts import canonical_email, check_password, normalise_email
 
 
@@ -49,3 +52,18 @@ def test_a_short_password_is_refused() -> None:
 def test_the_email_address_is_not_accepted_as_a_password() -> None:
     with pytest.raises(ValidationFailed, match="e-mail"):
         check_password("reader@example.org", email="reader@example.org")
+
+
+def test_signing_up_with_a_taken_address_hashes_the_password_all_the_same(
+    session: Session, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed: list[str] = []
+    real = accounts.hash_password
+    monkeypatch.setattr(accounts, "hash_password", lambda p: hashed.append(p) or real(p))
+    details = {"password": "a long password", "name": "Ada", "country": "BE", "now": clock.now()}
+
+    accounts.signup(session, email="ada@example.org", **details)
+    result = accounts.signup(session, email="Ada@Example.org", **details)
+
+    assert result.reader is None and result.existing is not None
+    assert len(hashed) == 2  # the answer for a taken address costs what a new one costs

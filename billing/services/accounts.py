@@ -102,6 +102,8 @@ def signup(
     country = (country or "").strip().upper()
     if len(country) != 2 or not country.isalpha():
         raise ValidationFailed("Choose your country.", field="country")
+    # Hash before looking: a taken address must cost the same time as a new one.
+    password_hash = hash_password(password)
     existing = find_by_email(session, normalised)
     if existing is not None:
         return SignupResult(reader=None, existing=existing)
@@ -110,7 +112,7 @@ def signup(
         email_canonical=canonical_email(normalised),
         name=name[:200],
         country=country,
-        password_hash=hash_password(password),
+        password_hash=password_hash,
         created_at=now,
     )
     session.add(reader)

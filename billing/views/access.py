@@ -45,7 +45,7 @@ from billing import db
 from billing.clock import current_clock
 from billing.errors import DomainError, NotFound, ValidationFailed
 from billing.models import ApiClient, Reader
-from billing.services import api_clients, entitlements, trials
+from billing.services import api_clients, trials
 from billing.services.entitlements import Decision
 from billing.services.tokens import TokenSigner
 from billing.views import guards
@@ -147,10 +147,9 @@ def _client(public_id: str | None) -> ApiClient:
 
 def _decide(reader: Reader | None, now: datetime) -> Decision:
     """The reader's decision, or the visitor's address's when that grants and the reader's does not."""
-    grace = timedelta(days=int(current_app.config["PAST_DUE_GRACE_DAYS"]))
-    decision = entitlements.decide(reader, now, past_due_grace=grace)
+    decision = guards.decision_for(reader, now)
     if not decision.granted and request.remote_addr:
-        by_address = entitlements.decide(None, now, ip=request.remote_addr, past_due_grace=grace)
+        by_address = guards.decision_for(None, now, ip=request.remote_addr)
         if by_address.granted:
             return by_address
     return decision

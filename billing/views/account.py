@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -14,7 +14,7 @@ from billing.clock import current_clock
 from billing.errors import DomainError
 from billing.extensions import limiter
 from billing.models import TrialStatus
-from billing.services import accounts, audit, entitlements, mail, trials
+from billing.services import accounts, audit, mail, trials
 from billing.services.entitlements import Reason
 from billing.views import guards
 from billing.views.auth import absolute_url, duration
@@ -64,8 +64,7 @@ def overview() -> ResponseReturnValue:
     """Who the reader is, their trial, and whether they may read (the entitlement decision)."""
     reader = guards.reader()
     now = current_clock().now()
-    grace = timedelta(days=int(current_app.config["PAST_DUE_GRACE_DAYS"]))
-    decision = entitlements.decide(reader, now, past_due_grace=grace)
+    decision = guards.decision_for(reader, now)
     own_trial = reader.trial
     days_left = None
     if own_trial is None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import abort
+from flask import abort, current_app
 from flask_login import current_user, login_required
 
 from billing.models import Reader, StaffRole
+from billing.services.entitlements import Decision, decide
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,3 +53,9 @@ def safe_next(target: str | None, default: str) -> str:
     if parts.scheme or parts.netloc:
         return default
     return target
+
+
+def decision_for(reader: Reader | None, now: datetime, ip: str | None = None) -> Decision:
+    """The entitlement decision, with the app's past-due grace: how pages ask ``decide``."""
+    grace = timedelta(days=int(current_app.config["PAST_DUE_GRACE_DAYS"]))
+    return decide(reader, now, ip, past_due_grace=grace)

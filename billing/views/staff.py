@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, TypeVar
 
-from flask import Blueprint, abort, current_app, render_template, request
+from flask import Blueprint, abort, render_template, request
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import selectinload
 
 from billing import db
 from billing.clock import current_clock
 from billing.models import Reader, StaffRole, Subscription
-from billing.services.entitlements import Decision, decide
-from billing.views.guards import staff_required
+from billing.services.entitlements import Decision
+from billing.views.guards import decision_for, staff_required
 
 bp = Blueprint("staff", __name__, url_prefix="/staff")
 
@@ -67,12 +66,8 @@ class Pagination:
         return links
 
 
-def _past_due_grace() -> timedelta:
-    return timedelta(days=current_app.config["PAST_DUE_GRACE_DAYS"])
-
-
 def _decision(reader: Reader) -> Decision:
-    return decide(reader, current_clock().now(), past_due_grace=_past_due_grace())
+    return decision_for(reader, current_clock().now())
 
 
 def _search(query: S, q: str) -> S:

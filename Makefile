@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint bench install install-dev chromium clean
+.PHONY: run test lint bench install install-dev chromium wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,14 @@ test: install-dev chromium lint
 	  TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest -n $(PYTEST_WORKERS) -m "$$marks"; \
 	elif [ -n "$$REQUIRE_SERVICES" ]; then echo "REQUIRE_SERVICES is set: failing." >&2; exit 1; fi
 
-bench: install-dev
+bench: install-dev wrk
 	$(BIN)/python bench/run.py
+
+# The load generator of the API benchmark, from Debian's packages.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk is missing: run 'sudo apt-get install -y wrk'" >&2; exit 1; fi; }
 
 clean:
 	rm -rf $(VENV) instance test-output .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
-from sqlalchemy.orm import object_session
+from sqlalchemy.orm import Session, object_session
 
 from billing import db
 from billing.clock import Clock, FixedClock, as_utc, current_clock
@@ -228,55 +228,35 @@ def _trial_mailer(template: str) -> Callable[[Trial], None]:
     return notify
 
 
-TrialAction = Callable[..., bool]
+def _one_by_one(
+    label: str,
+    ids: list[int],
+    act: Callable[[Session, int], bool],
+    on_failure: Callable[[Session, int, Exception], None] | None = None,
+) -> tuple[int, int]:
+    """Run ``act`` on each id in its own transaction, with a progress line; (done, failed).
 
-
-def _each_trial(label: str, ids: list[int], act: TrialAction, template: str, now: datetime) -> int:
-    """Run ``act`` on each trial in its own transaction; report progress; return how many acted."""
-    done = 0
-    for position, trial_id in enumerate(ids, start=1):
+    One failure does not stop the others: it is rolled back, handed to ``on_failure`` (in a fresh
+    transaction, to record it) and retried by the next tick.
+    """
+    done = failed = 0
+    for position, item in enumerate(ids, start=1):
         session = db.new_session()
         try:
-            done += act(session, trial_id, now=now, notify=_trial_mailer(template))
+            done += act(session, item)
             session.commit()
         except Exception as exc:
             session.rollback()
-            click.echo(f"  {label}: trial {trial_id} failed, retried next tick: {exc}", err=True)
+            failed += 1
+            if on_failure is not None:
+                on_failure(session, item, exc)
+                session.commit()
+            click.echo(f"  {label}: {item} failed, retried next tick: {exc}", err=True)
         finally:
             session.close()
         if position % 100 == 0 or position == len(ids):
             click.echo(f"  {label}: {position}/{len(ids)}")
-    return done
-
-
-def _start_scheduled(ids: list[int], now: datetime) -> tuple[int, int]:
-    """Start each due scheduled subscription in its own transaction; (started, failed).
-
-    A failure is rolled back, counted on the row (attempts, last error) and retried next tick.
-    """
-    from billing.services import payments
-
-    gateway = current_app.extensions["stripe_gateway"]
-    started = failed = 0
-    for position, scheduled_id in enumerate(ids, start=1):
-        session = db.new_session()
-        try:
-            payments.start_scheduled(session, gateway, scheduled_id, now=now)
-            session.commit()
-            started += 1
-        except Exception as exc:
-            session.rollback()
-            failed += 1
-            payments.record_start_failure(session, scheduled_id, f"{type(exc).__name__}: {exc}")
-            session.commit()
-            click.echo(
-                f"  starts: scheduled {scheduled_id} failed, retried next tick: {exc}", err=True
-            )
-        finally:
-            session.close()
-        if position % 100 == 0 or position == len(ids):
-            click.echo(f"  starts: {position}/{len(ids)}")
-    return started, failed
+    return done, failed
 
 
 @billing_cli.command("tick")
@@ -290,13 +270,27 @@ def tick(now_text: str | None) -> None:
     session = db.session()
     gateway = current_app.extensions["stripe_gateway"]
     due_starts = payments.start_due_subscriptions(session, gateway, now=now)
-    started, start_failures = _start_scheduled(due_starts, now)
+
+    def start(own: Session, scheduled_id: int) -> bool:
+        payments.start_scheduled(own, gateway, scheduled_id, now=now)
+        return True
+
+    def record(own: Session, scheduled_id: int, exc: Exception) -> None:
+        payments.record_start_failure(own, scheduled_id, f"{type(exc).__name__}: {exc}")
+
+    started, start_failures = _one_by_one("starts", due_starts, start, on_failure=record)
     subscribed = payments.trials_awaiting_start(session)
     lead = timedelta(days=current_app.config["TRIAL_REMINDER_DAYS"])
     due = [t for t in trials.due_reminders(session, now=now, lead=lead) if t not in subscribed]
-    reminders = _each_trial("reminders", due, trials.send_reminder, "trial_reminder", now)
+    remind = _trial_mailer("trial_reminder")
+    reminders, _ = _one_by_one(
+        "reminders", due, lambda own, t: trials.send_reminder(own, t, now=now, notify=remind)
+    )
     ended = [t for t in trials.due_endings(session, now=now) if t not in subscribed]
-    endings = _each_trial("endings", ended, trials.end_trial, "trial_ended", now)
+    farewell = _trial_mailer("trial_ended")
+    endings, _ = _one_by_one(
+        "endings", ended, lambda own, t: trials.end_trial(own, t, now=now, notify=farewell)
+    )
     pruned = decision_cache.prune(session, before=now - timedelta(days=1))
     session.commit()
     if pruned:

@@ -45,13 +45,14 @@ def _process(event_id: int, gateway: Any) -> tuple[str, Outcome]:
     """
     now = current_clock().now()
     session = db.new_session()
-    event_type = session.scalar(select(WebhookEvent.type).where(WebhookEvent.id == event_id))
-    event_type = event_type or "unknown"
+    event_type = "unknown"
     try:
         if not store.claim(session, event_id):
             session.rollback()
-            return event_type, Outcome.DUPLICATE
+            done_type = session.scalar(select(WebhookEvent.type).where(WebhookEvent.id == event_id))
+            return done_type or event_type, Outcome.DUPLICATE
         row = session.get_one(WebhookEvent, event_id)
+        event_type = row.type
         registration = handler_for(row.type)
         if registration is None:
             store.mark(session, event_id, WebhookEventStatus.IGNORED, now=now)

@@ -416,6 +416,21 @@ def test_a_token_never_outlives_the_decision(client: FlaskClient, key: str) -> N
     assert body["expires_at"] == at(ends)
 
 
+def test_a_grant_ending_within_the_second_is_issued_as_the_refusal_it_becomes(
+    client: FlaskClient, key: str
+) -> None:
+    ends = START + timedelta(milliseconds=500)
+    reader = _committed(
+        factories.TrialFactory(started_at=ends - timedelta(days=14), ends_at=ends).reader
+    )
+
+    response = issue(client, key, reader.public_id)
+
+    assert response.status_code == 201
+    body = check(client, key, {"token": response.get_json()["token"]}).get_json()
+    assert (body["granted"], body["reason"]) == (False, "trial_expired")
+
+
 @pytest.fixture
 def short_ttl_app(app_config: dict[str, Any]) -> dict[str, Any]:
     app_config["ACCESS_TOKEN_TTL"] = 60

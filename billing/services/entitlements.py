@@ -5,11 +5,13 @@ Every view, the API, access tokens and reports ask :func:`decide`; nothing else 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from billing.models import Reader, Subscription, SubscriptionStatus
+from billing.services.tokens import TokenSigner
 
 DEFAULT_PAST_DUE_GRACE = timedelta(days=7)
 
@@ -152,3 +154,36 @@ def _refusal_reason(reader: Reader, subscriptions: list[Subscription], now: date
     if reader.trial is not None:
         return Reason.TRIAL_EXPIRED
     return Reason.NONE
+
+
+def issue_token(
+    signer: TokenSigner,
+    decide_at: Callable[[datetime], Decision],
+    *,
+    reader_id: str | None,
+    client_id: str,
+    now: datetime,
+) -> tuple[str, datetime, Decision]:
+    """Sign the decision ``decide_at(now)`` into an access token: (token, expires at, decision).
+
+    A token lives at least until the end of the second it is signed in, so a grant that ends within
+    that second is signed as the decision taken a second later: the refusal it is about to become.
+    """
+    decision = decide_at(now)
+    if (
+        decision.granted
+        and decision.until is not None
+        and decision.until - now < timedelta(seconds=1)
+    ):
+        decision = decide_at(now + timedelta(seconds=1))
+    token, expires_at = signer.issue(
+        reader_id=reader_id,
+        granted=decision.granted,
+        reason=decision.reason.value,
+        plan=decision.plan,
+        group=decision.group,
+        until=decision.until,
+        client_id=client_id,
+        now=now,
+    )
+    return token, expires_at, decision

@@ -25,7 +25,7 @@ logs out or loses access gets no new token, and the one they hold expires within
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from urllib.parse import urlencode, urlsplit
 
 from flask import (
@@ -45,9 +45,8 @@ from billing import db
 from billing.clock import current_clock
 from billing.errors import DomainError, NotFound, ValidationFailed
 from billing.models import ApiClient, Reader
-from billing.services import api_clients, trials
+from billing.services import api_clients, entitlements, trials
 from billing.services.entitlements import Decision
-from billing.services.tokens import TokenSigner
 from billing.views import guards
 from billing.views.account import REASON_WORDS
 from billing.views.forms import ButtonForm
@@ -156,26 +155,11 @@ def _decide(reader: Reader | None, now: datetime) -> Decision:
 
 
 def _token(reader: Reader | None, client: ApiClient, now: datetime) -> tuple[str, Decision]:
-    """A token carrying the current decision for ``reader`` (None: a visitor), and that decision.
-
-    A grant ending within the second would give a token born expired; the decision is then taken
-    as of a second later, which always gives a token that lives.
-    """
-    decision = _decide(reader, now)
-    if (
-        decision.granted
-        and decision.until is not None
-        and decision.until - now < timedelta(seconds=1)
-    ):
-        decision = _decide(reader, now + timedelta(seconds=1))
-    signer: TokenSigner = current_app.extensions["token_signer"]
-    token, _expires = signer.issue(
+    """A token carrying the current decision for ``reader`` (None: a visitor), and that decision."""
+    token, _expires_at, decision = entitlements.issue_token(
+        current_app.extensions["token_signer"],
+        lambda at: _decide(reader, at),
         reader_id=reader.public_id if reader is not None else None,
-        granted=decision.granted,
-        reason=decision.reason.value,
-        plan=decision.plan,
-        group=decision.group,
-        until=decision.until,
         client_id=client.public_id,
         now=now,
     )

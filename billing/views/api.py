@@ -257,15 +257,12 @@ def issue_token(client: AuthenticatedClient, now: datetime) -> tuple[Response, i
     body = _json_object(("reader_id",))
     if "reader_id" not in body:
         raise ValidationFailed("Give the reader_id.", field="reader_id")
-    entry = _cached_reader(db.session(), body["reader_id"], now)
-    decision = entry.decision
-    token, expires_at = _signer().issue(
+    session, reader_id = db.session(), body["reader_id"]
+    entry = _cached_reader(session, reader_id, now)
+    token, expires_at, _decision = entitlements.issue_token(
+        _signer(),
+        lambda at: _cached_reader(session, reader_id, at).decision,
         reader_id=entry.public_id,
-        granted=decision.granted,
-        reason=decision.reason.value,
-        plan=decision.plan,
-        group=decision.group,
-        until=decision.until,
         client_id=client.public_id,
         now=now,
     )

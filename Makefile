@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 PYTEST_WORKERS ?= 2
+CLOCK_AHEAD_YEARS ?= 8
 
 .PHONY: run test lint bench install install-dev chromium wrk clean
 
@@ -41,6 +42,8 @@ lint: install-dev
 test: install-dev chromium lint
 	@echo "== SQLite pass"
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not postgres_only and not needs_redis"
+	@echo "== SQLite pass with the clock $(CLOCK_AHEAD_YEARS) years ahead (tests/clock_ahead.py)"
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -q -m "not postgres_only and not needs_redis" --clock-ahead=$(CLOCK_AHEAD_YEARS)
 	@echo "== PostgreSQL pass (with Redis when it answers)"
 	@marks="not needs_redis"; \
 	if $(BIN)/python -m tests.redis_probe; then marks=""; \

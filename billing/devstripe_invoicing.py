@@ -33,8 +33,8 @@ def install(resources: Any, server: Any) -> None:
         resources.Invoice,
         resources.Customer,
     )
-    UserError = resources.UserError  # noqa: N806 - localstripe's class
-    Event = resources.Event  # noqa: N806
+    UserError = resources.UserError
+    Event = resources.Event
     schedule_webhook = resources.schedule_webhook
     to_int = resources.try_convert_to_int
 

@@ -509,7 +509,7 @@ def test_send_invoice_without_days_until_due_is_refused_like_stripe_does(
 
 def stripe_raw_invoice(gateway: StripeGateway, invoice_id: str) -> dict[str, Any]:
     """The invoice as the server sends it (fields the gateway does not map)."""
-    return gateway._client.v1.invoices.retrieve(invoice_id).to_dict()  # noqa: SLF001
+    return gateway._client.v1.invoices.retrieve(invoice_id).to_dict()
 
 
 class _Receiver(BaseHTTPRequestHandler):

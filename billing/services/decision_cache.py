@@ -143,7 +143,7 @@ class DecisionCache:
     def _current_networks(self, session: Session) -> NetworkIndex:
         networks = self._networks
         if networks is None:
-            networks = NetworkIndex(session.execute(_APPROVED_RANGES).tuples())
+            networks = NetworkIndex(session.execute(_APPROVED_RANGES))
             with self._lock:
                 self._networks, self._stale_networks = networks, set()
             return networks
@@ -157,7 +157,7 @@ class DecisionCache:
                     ).where(
                         GroupIPRange.group_id == group_id, GroupIPRange.approved_at.is_not(None)
                     )
-                ).tuples()
+                )
                 networks.replace_group(group_id, rows)
         return networks
 

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from billing.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
@@ -47,6 +47,7 @@ from billing.services.payments import (
     _sync_after_change,
     _talking_to_stripe,
 )
+from billing.services.stripe_mirror import sync_invoice
 from billing.services.trials import EmailNotVerified
 
 INVITE_SALT = "tollgate.group-invite.v1"
@@ -410,7 +411,7 @@ def groups_of(session: Session, reader: Reader) -> list[tuple[Group, MembershipR
         .join(GroupMembership, GroupMembership.group_id == Group.id)
         .where(GroupMembership.reader_id == reader.id, GroupMembership.removed_at.is_(None))
         .order_by(Group.name)
-    ).tuples()
+    )
     return list(rows)
 
 
@@ -752,6 +753,7 @@ def _mail_invite(
     now: datetime,
 ) -> None:
     token = _new_token(secret_keys, entry, now)
+    session.flush()
     mail.send(
         session,
         entry.email,
@@ -1030,6 +1032,12 @@ def _insert_range(
             session.add(entry)
     except IntegrityError as exc:
         raise _overlap(False) from exc
+    except OperationalError as exc:
+        # Two transactions inserting overlapping rows at once wait on each other's exclusion
+        # check; PostgreSQL aborts one of them: that one overlaps the other.
+        if getattr(exc.orig, "sqlstate", None) != "40P01":
+            raise
+        raise _overlap(False) from exc
     audit.record(
         session,
         now=now,
@@ -1144,6 +1152,26 @@ def staff_add_private_range(
     entry = _insert_range(session, group, network, label, now, staff, private_allowed=True)
     entry.approved_at, entry.approved_by_id = now, staff.id
     return entry
+
+
+def simulate_bank_transfer(
+    session: Session, gateway: StripeGateway, group: Group, *, now: datetime
+) -> int:
+    """Development and tests: the transfers paying the group's open invoices arrive at the
+    stand-in (each with the invoice as reference); the invoices are mirrored. How many were paid."""
+    customer = _customer(session, group)
+    paid = 0
+    with _talking_to_stripe():
+        for found in gateway.list_invoices(customer_id=customer.stripe_id):
+            if found.status != "open":
+                continue
+            due = found.amount_due - found.amount_paid
+            gateway.fund_bank_transfer(customer.stripe_id, due, found.currency, reference=found.id)
+            sync_invoice(session, gateway, found.id, now=now)
+            paid += 1
+    if paid == 0:
+        raise Conflict("No invoice of this organisation is waiting for payment.")
+    return paid
 
 
 # --- idle seats ---------------------------------------------------------------------------------

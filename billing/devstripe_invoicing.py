@@ -112,7 +112,7 @@ def install(resources: Any, server: Any) -> None:
             if subscription.status in ("past_due", "unpaid", "incomplete"):
                 subscription.status = "active"
 
-    class CashBalanceTransaction(resources.StripeObject):  # type: ignore[misc, name-defined]
+    class CashBalanceTransaction(resources.StripeObject):  # type: ignore[misc]
         object = "customer_cash_balance_transaction"
         _id_prefix = "ccsbtxn_"
 

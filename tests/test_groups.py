@@ -341,7 +341,9 @@ def test_fifty_readers_claiming_the_last_seat_at_once_give_it_to_exactly_one(
             finally:
                 own.close()
 
-    threads = [threading.Thread(target=claim, args=(r.id, t)) for r, t in zip(invited, tokens)]
+    threads = [
+        threading.Thread(target=claim, args=(r.id, t)) for r, t in zip(invited, tokens, strict=True)
+    ]
     threads += [threading.Thread(target=claim, args=(r.id, None)) for r in by_domain]
     for thread in threads:
         thread.start()

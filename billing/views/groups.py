@@ -23,6 +23,7 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, IntegerField, RadioField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
 from billing import db
@@ -72,7 +73,10 @@ class NewGroupForm(FlaskForm):
     seats = IntegerField("Seats", [InputRequired("Enter the number of seats.")])
     payment = RadioField(
         "Payment",
-        choices=[("card", "By card"), ("invoice", "By invoice, bank transfer within 30 days")],
+        choices=[
+            SelectChoice("card", "By card"),
+            SelectChoice("invoice", "By invoice, bank transfer within 30 days"),
+        ],
         default="card",
     )
     confirm = HiddenField()

@@ -1,0 +1,136 @@
+"""Group pages against a real localstripe: buy seats by invoice and by card, invite, join."""
+
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing.clock import FixedClock
+from billing.gateway import StripeGateway
+from billing.models import (
+    CollectionMethod,
+    Group,
+    Invoice,
+    InvoiceStatus,
+    Subscription,
+    SubscriptionStatus,
+)
+from tests import factories
+from tests.conftest import Outbox, csrf_token, post_form
+from tests.payments_support import VISA, plans_on_sale, real_now
+from tests.stripe_server import LocalstripeServer
+
+pytestmark = pytest.mark.usefixtures("stripe")
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    """localstripe stamps its objects with the wall clock."""
+    return FixedClock(real_now())
+
+
+@pytest.fixture
+def gateway(app: object) -> StripeGateway:
+    from flask import current_app
+
+    return current_app.extensions["stripe_gateway"]  # type: ignore[no-any-return]
+
+
+def _login(client: FlaskClient, email: str) -> None:
+    response = post_form(client, "/login", {"email": email, "password": factories.PASSWORD})
+    assert response.status_code == 302
+
+
+ORDER = {
+    "name": "Example Ministry",
+    "billing_email": "accounts@ministry.example",
+    "country": "DE",
+    "vat_id": "DE 123 456 789",
+    "seats": "3",
+}
+
+
+def test_an_organisation_orders_seats_by_invoice_sees_the_price_first_and_pays_by_transfer(
+    client: FlaskClient, session: Session, gateway: StripeGateway
+) -> None:
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example")
+    session.commit()
+    _login(client, admin.email)
+    review = post_form(client, "/groups/new", {**ORDER, "payment": "invoice"})
+    page = review.get_data(as_text=True)
+    assert review.status_code == 200 and "data-quote" in page
+    assert "288.00" in page
+    assert session.scalars(select(Group)).first() is None  # nothing before confirming
+    token = csrf_token(client, "/groups/new")
+    done = client.post(
+        "/groups/new", data={**ORDER, "payment": "invoice", "confirm": "yes", "csrf_token": token}
+    )
+    assert done.status_code == 302
+    group = session.scalars(select(Group)).one()
+    assert (group.vat_id, group.country) == ("DE123456789", "DE")
+    subscription = session.scalars(select(Subscription)).one()
+    assert subscription.status == SubscriptionStatus.ACTIVE
+    assert subscription.collection_method == CollectionMethod.SEND_INVOICE
+    assert subscription.quantity == 3
+    invoice = session.scalars(select(Invoice)).one()
+    assert invoice.status == InvoiceStatus.OPEN
+
+    show = client.get(done.headers["Location"]).get_data(as_text=True)
+    assert "1</strong> of <strong>3</strong> seats in use" in show
+    paid = post_form(client, f"/groups/{group.public_id}", {}, follow_redirects=False)
+    assert paid.status_code == 405
+    path = f"/groups/{group.public_id}/dev/bank-transfer"
+    response = client.post(
+        path, data={"csrf_token": csrf_token(client, f"/groups/{group.public_id}")}
+    )
+    assert response.status_code == 302
+    session.expire_all()
+    assert session.scalars(select(Invoice)).one().status == InvoiceStatus.PAID
+
+
+def test_an_organisation_pays_by_card_and_invites_a_colleague_who_joins(
+    client: FlaskClient,
+    session: Session,
+    gateway: StripeGateway,
+    stripe: LocalstripeServer,
+    outbox: Outbox,
+) -> None:
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example")
+    colleague = factories.reader(email="ana@ministry.example")
+    session.commit()
+    _login(client, admin.email)
+    token = csrf_token(client, "/groups/new")
+    created = client.post(
+        "/groups/new", data={**ORDER, "payment": "card", "confirm": "yes", "csrf_token": token}
+    )
+    assert created.status_code == 302 and "/pay" in created.headers["Location"]
+    group = session.scalars(select(Group)).one()
+    secret = client.post(
+        f"/groups/{group.public_id}/setup-intent",
+        headers={"X-CSRFToken": csrf_token(client, created.headers["Location"])},
+    ).get_json()["client_secret"]
+    setup_intent_id = secret.split("_secret_")[0]
+    card = stripe.create_card(VISA)
+    stripe.confirm_setup_intent(setup_intent_id, card)
+    paid = post_form(client, created.headers["Location"], {"payment_method": card})
+    assert paid.status_code == 302, paid.get_data(as_text=True)
+    subscription = session.scalars(select(Subscription)).one()
+    assert (subscription.status, subscription.quantity) == (SubscriptionStatus.ACTIVE, 3)
+
+    show = f"/groups/{group.public_id}"
+    invited = post_form(client, f"{show}/invites", {"emails": "ana@ministry.example, nope"})
+    page = invited.get_data(as_text=True)
+    assert 'data-refused="nope"' in page and "Invited: ana@ministry.example" in page
+    link = outbox.last_link("ana@ministry.example", "/join/")
+
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/account")})
+    assert "Create an account with ana@ministry.example" in client.get(link).get_data(as_text=True)
+    _login(client, colleague.email)
+    joined = post_form(client, link, {})
+    assert joined.status_code == 302
+    again = client.get(link)
+    assert again.status_code == 410 and "already used" in again.get_data(as_text=True)

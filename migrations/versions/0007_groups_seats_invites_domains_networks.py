@@ -34,9 +34,7 @@ def upgrade() -> None:
     with op.batch_alter_table("group_invites", schema=None) as batch_op:
         batch_op.add_column(sa.Column("token_hash", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("sent_at", UTC, nullable=True))
-        batch_op.create_unique_constraint(
-            batch_op.f("uq_group_invites_token_hash"), ["token_hash"]
-        )
+        batch_op.create_unique_constraint(batch_op.f("uq_group_invites_token_hash"), ["token_hash"])
 
     with op.batch_alter_table("group_domains", schema=None) as batch_op:
         batch_op.add_column(sa.Column("approved_at", UTC, nullable=True))
@@ -50,9 +48,7 @@ def upgrade() -> None:
         )
 
     with op.batch_alter_table("group_ip_ranges", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("version", sa.Integer(), nullable=False, server_default="4")
-        )
+        batch_op.add_column(sa.Column("version", sa.Integer(), nullable=False, server_default="4"))
         batch_op.add_column(
             sa.Column("first_address", sa.String(length=32), nullable=False, server_default="")
         )

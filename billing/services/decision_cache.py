@@ -112,10 +112,13 @@ class DecisionCache:
         """The decision for an anonymous visitor from ``ip`` (a valid address): ``group_ip`` when
         it lies in an approved office range of a group with a valid subscription."""
         self._poll(session)
-        networks = self._current_networks(session)
+        if self._stale_networks or self._networks is None:
+            networks = self._current_networks(session)
+        else:
+            networks = self._networks
         group_id = networks.find(ip)
         if group_id is None:
-            return Decision.refused(Reason.NONE)
+            return _NO_GROUP
         cached = self._group_entries.get(group_id)
         if cached is not None and now < cached[1]:
             return cached[0]
@@ -230,6 +233,8 @@ class DecisionCache:
                 if public_id is not None:
                     self._entries.pop(public_id, None)
 
+
+_NO_GROUP = Decision.refused(Reason.NONE)
 
 _APPROVED_RANGES = select(
     GroupIPRange.version,

@@ -11,6 +11,7 @@ of ranges.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from bisect import bisect_right, insort
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,6 +66,28 @@ def bounds(network: IPNetwork) -> tuple[str, str]:
     return f"{first:032x}", f"{last:032x}"
 
 
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def _address_number(address: str) -> tuple[int, int]:
+    """(IP version, the address as an integer); an IPv4-mapped IPv6 address counts as IPv4.
+
+    ``inet_pton`` parses strictly (no ``127.1`` or octal forms) and several times faster than
+    ``ipaddress``; ``ValueError`` for anything that is not an address.
+    """
+    try:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, address.split("%", 1)[0])
+    except OSError as exc:
+        raise ValueError(f"not an IP address: {address!r}") from exc
+    if packed[:12] == _V4_MAPPED:
+        return 4, int.from_bytes(packed[12:], "big")
+    return 6, int.from_bytes(packed, "big")
+
+
 @dataclass(frozen=True, order=True)
 class _Range:
     start: int
@@ -96,14 +119,11 @@ class NetworkIndex:
 
     def find(self, address: str) -> int | None:
         """The id of the group whose range holds ``address`` (a valid IP address), or None."""
-        ip = ipaddress.ip_address(address)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        number = int(ip)
-        at = bisect_right(self._starts[ip.version], number) - 1
+        version, number = _address_number(address)
+        at = bisect_right(self._starts[version], number) - 1
         if at < 0:
             return None
-        found = self._ranges[ip.version][at]
+        found = self._ranges[version][at]
         return found.group_id if number <= found.end else None
 
     def replace_group(self, group_id: int, ranges: Iterable[tuple[int, str, str]]) -> None:

@@ -10,13 +10,19 @@ from sqlalchemy.orm import Session
 from billing.clock import FixedClock
 from billing.gateway import StripeGateway
 from billing.models import (
+    AuditLog,
     CollectionMethod,
     Group,
+    GroupDomain,
     Invoice,
     InvoiceStatus,
+    StaffRole,
     Subscription,
+    SubscriptionEvent,
+    SubscriptionEventKind,
     SubscriptionStatus,
 )
+from billing.services import api_clients, groups
 from tests import factories
 from tests.conftest import Outbox, csrf_token, post_form
 from tests.payments_support import VISA, plans_on_sale, real_now
@@ -134,3 +140,130 @@ def test_an_organisation_pays_by_card_and_invites_a_colleague_who_joins(
     assert joined.status_code == 302
     again = client.get(link)
     assert again.status_code == 410 and "already used" in again.get_data(as_text=True)
+
+
+def _group_by_invoice(client: FlaskClient, session: Session, gateway: StripeGateway) -> Group:
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example")
+    session.commit()
+    _login(client, admin.email)
+    token = csrf_token(client, "/groups/new")
+    response = client.post(
+        "/groups/new", data={**ORDER, "payment": "invoice", "confirm": "yes", "csrf_token": token}
+    )
+    assert response.status_code == 302
+    return session.scalars(select(Group)).one()
+
+
+def test_seats_change_on_stripe_after_the_price_difference_is_shown_never_below_the_members(
+    client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    group = _group_by_invoice(client, session, gateway)
+    show = f"/groups/{group.public_id}"
+    preview = post_form(client, f"{show}/seats", {"seats": "5"})
+    page = preview.get_data(as_text=True)
+    assert "From 3 to 5 seats" in page and "192.00" in page  # 2 seats for the (whole) year
+    session.expire_all()
+    assert session.scalars(select(Subscription)).one().quantity == 3  # not before confirming
+    confirmed = post_form(client, f"{show}/seats", {"seats": "5", "confirm": "yes"})
+    assert confirmed.status_code == 302
+    session.expire_all()
+    subscription = session.scalars(select(Subscription)).one()
+    assert subscription.quantity == 5
+    assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 5
+    kinds = [e.kind for e in session.scalars(select(SubscriptionEvent))]
+    assert SubscriptionEventKind.SEATS_CHANGED in kinds
+    assert session.scalars(
+        select(AuditLog).where(AuditLog.action == "group.seats_changed")
+    ).one().details == {"from": 3, "to": 5}
+
+    for _ in range(3):
+        groups.claim_seat(session, group, factories.reader(), now=clock.now())
+    session.commit()
+    refused = post_form(client, f"{show}/seats", {"seats": "3", "confirm": "yes"})
+    assert refused.status_code == 400
+    assert "4 seats are in use" in refused.get_data(as_text=True)
+    assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 5
+
+
+def test_staff_approve_a_domain_and_readers_of_it_join_from_their_organisations_page(
+    client: FlaskClient, session: Session, gateway: StripeGateway
+) -> None:
+    group = _group_by_invoice(client, session, gateway)
+    added = post_form(client, f"/groups/{group.public_id}", {"domain": "ministry.example"})
+    assert added.status_code == 405
+    added = client.post(
+        f"/groups/{group.public_id}/domains",
+        data={
+            "domain": "gmail.com",
+            "csrf_token": csrf_token(client, f"/groups/{group.public_id}"),
+        },
+    )
+    assert added.status_code == 400 and "webmail" in added.get_data(as_text=True)
+    client.post(
+        f"/groups/{group.public_id}/domains",
+        data={
+            "domain": "ministry.example",
+            "csrf_token": csrf_token(client, f"/groups/{group.public_id}"),
+        },
+    )
+    domain = session.scalars(select(GroupDomain)).one()
+    assert domain.approved_at is None
+    assert client.get("/staff/groups").status_code == 403  # an admin of a group is not staff
+
+    factories.reader(email="support@example.org", staff_role=StaffRole.SUPPORT)
+    factories.reader(email="ana@ministry.example")
+    session.commit()
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/account")})
+    _login(client, "support@example.org")
+    listing = client.get("/staff/groups").get_data(as_text=True)
+    assert 'data-pending-domain="ministry.example"' in listing
+    approved = client.post(
+        f"/staff/groups/domains/{domain.id}?approve=1",
+        data={"csrf_token": csrf_token(client, "/staff/groups")},
+    )
+    assert approved.status_code == 302
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/account")})
+
+    _login(client, "ana@ministry.example")
+    page = client.get("/groups").get_data(as_text=True)
+    assert f'data-join="{group.public_id}"' in page
+    joined = client.post(
+        f"/groups/{group.public_id}/join", data={"csrf_token": csrf_token(client, "/groups")}
+    )
+    assert joined.status_code == 302
+    assert "you have a seat" in client.get("/groups").get_data(as_text=True)
+
+
+def test_the_api_grants_a_visitor_from_an_approved_range_naming_the_group(
+    client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    group = _group_by_invoice(client, session, gateway)
+    staff = factories.reader(staff_role=StaffRole.SUPPORT)
+    groups.staff_add_private_range(
+        session,
+        staff,
+        group,
+        "203.0.113.0/24",
+        label="Office",
+        rules=groups.GroupRules(),
+        now=clock.now(),
+    )
+    _client, key = api_clients.create(
+        session,
+        name="site",
+        scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],
+        allowed_origins=[],
+        created_by=None,
+        now=clock.now(),
+    )
+    session.commit()
+    headers = {"Authorization": f"Bearer {key}"}
+    inside = client.get("/api/v1/entitlement?ip=203.0.113.10", headers=headers).get_json()
+    assert (inside["granted"], inside["reason"], inside["group_id"]) == (
+        True,
+        "group_ip",
+        group.public_id,
+    )
+    outside = client.get("/api/v1/entitlement?ip=203.0.114.1", headers=headers).get_json()
+    assert (outside["granted"], outside["reason"], outside["group_id"]) == (False, "none", None)

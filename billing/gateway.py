@@ -692,8 +692,10 @@ class _LocalstripeDialect(_Dialect):
       Its plans' amounts are ``amount``; prices' are ``unit_amount`` with ``recurring.interval``.
     - It refuses ``payment_behavior=default_incomplete``, ``default_payment_method``,
       ``collection_method`` and ``off_session`` on a new subscription (it charges the customer's
-      ``invoice_settings.default_payment_method``, as Stripe does when none is given), so it cannot
-      send invoices for bank transfer. Updates with ``proration_behavior`` or ``payment_behavior``
+      ``invoice_settings.default_payment_method``, as Stripe does when none is given);
+      ``billing.devstripe`` adds ``collection_method=send_invoice`` with ``days_until_due`` and the
+      ``fund_cash_balance`` test helper for bank transfers (``payment_settings`` is accepted and
+      kept, no bank account details are made up). Updates with ``proration_behavior`` or ``payment_behavior``
       fail with 500, and an item update without ``quantity`` resets it to 1: the gateway sends
       neither option and always the quantity. Updating a subscription's metadata is ignored.
     - The current period is on the subscription (Stripe moved it to the items in 2025);

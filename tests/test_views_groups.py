@@ -16,6 +16,7 @@ from billing.models import (
     GroupDomain,
     Invoice,
     InvoiceStatus,
+    Reader,
     StaffRole,
     Subscription,
     SubscriptionEvent,
@@ -23,6 +24,7 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.services import api_clients, groups
+from billing.services.entitlements import Reason, decide
 from tests import factories
 from tests.conftest import Outbox, csrf_token, post_form
 from tests.payments_support import VISA, plans_on_sale, real_now
@@ -267,3 +269,27 @@ def test_the_api_grants_a_visitor_from_an_approved_range_naming_the_group(
     )
     outside = client.get("/api/v1/entitlement?ip=203.0.114.1", headers=headers).get_json()
     assert (outside["granted"], outside["reason"], outside["group_id"]) == (False, "none", None)
+
+
+def test_an_admin_cancels_at_the_end_of_the_year_members_read_until_then_and_renews_again(
+    client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    group = _group_by_invoice(client, session, gateway)
+    member = factories.reader()
+    groups.claim_seat(session, group, member, now=clock.now())
+    session.commit()
+    show = f"/groups/{group.public_id}"
+    cancelled = client.post(
+        f"{show}/renewal?renew=0", data={"csrf_token": csrf_token(client, show)}
+    )
+    assert cancelled.status_code == 302
+    session.expire_all()
+    subscription = session.scalars(select(Subscription)).one()
+    assert subscription.cancel_at_period_end
+    assert gateway.retrieve_subscription(subscription.stripe_id).cancel_at_period_end
+    decision = decide(session.get_one(Reader, member.id), clock.now())
+    assert (decision.reason, decision.until) == (Reason.GROUP_SEAT, subscription.current_period_end)
+    assert "Renew again" in client.get(show).get_data(as_text=True)
+    client.post(f"{show}/renewal?renew=1", data={"csrf_token": csrf_token(client, show)})
+    session.expire_all()
+    assert not session.scalars(select(Subscription)).one().cancel_at_period_end

@@ -47,7 +47,7 @@ from billing.services.payments import (
     _sync_after_change,
     _talking_to_stripe,
 )
-from billing.services.stripe_mirror import sync_invoice
+from billing.services.stripe_mirror import sync_invoice, sync_subscription
 from billing.services.trials import EmailNotVerified
 
 INVITE_SALT = "tollgate.group-invite.v1"
@@ -644,6 +644,41 @@ def change_seats(
         details={"from": seats, "to": new_seats},
     )
     return subscription
+
+
+def set_renewal(
+    session: Session,
+    gateway: StripeGateway,
+    group: Group,
+    admin: Reader,
+    renew: bool,
+    *,
+    now: datetime,
+) -> Subscription:
+    """Cancel the group's subscription at the end of the paid year (``renew`` False; members
+    keep reading until then) or take the cancellation back (``renew`` True)."""
+    require_admin(session, group, admin)
+    _lock_seats(session, group, now)
+    subscription = current_subscription(session, group, now)
+    if subscription is None:
+        raise NotFound("This organisation has no running subscription.")
+    if subscription.cancel_at_period_end != renew:
+        return subscription
+    with _talking_to_stripe():
+        if renew:
+            gateway.resume(subscription.stripe_id)
+        else:
+            gateway.cancel_at_period_end(subscription.stripe_id)
+        synced = sync_subscription(session, gateway, subscription.stripe_id, now=now)
+    audit.record(
+        session,
+        now=now,
+        actor=admin,
+        action="group.resumed" if renew else "group.cancelled",
+        target=group,
+        details={"ends_at": subscription.current_period_end.isoformat()},
+    )
+    return synced or subscription
 
 
 # --- invites ------------------------------------------------------------------------------------

@@ -465,6 +465,25 @@ def seats(public_id: str) -> ResponseReturnValue:
     return redirect(url_for("groups.show", public_id=group.public_id))
 
 
+@bp.post("/groups/<public_id>/renewal")
+@login_required
+def renewal(public_id: str) -> ResponseReturnValue:
+    """Cancel at the end of the paid year (``?renew=0``) or renew again (``?renew=1``)."""
+    group = _my_group(public_id)
+    renew = request.args.get("renew") == "1"
+
+    def change(session: Any, now: Any) -> None:
+        groups.set_renewal(session, _gateway(), group, guards.reader(), renew, now=now)
+
+    return _act(
+        group,
+        change,
+        "The subscription renews again."
+        if renew
+        else "Cancelled: members keep reading until the end of the paid year.",
+    )
+
+
 @bp.post("/groups/<public_id>/domains")
 @login_required
 def add_domain(public_id: str) -> ResponseReturnValue:

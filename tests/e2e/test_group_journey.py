@@ -136,7 +136,7 @@ def test_an_admin_buys_seats_invites_a_colleague_who_reads_and_the_office_reads_
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("heading", name="Join Example Ministry")).to_be_visible()
     page.get_by_role("button", name="Take my seat").click()
-    expect(page.locator('[data-my-groups]')).to_contain_text("Example Ministry")
+    expect(page.locator("[data-my-groups]")).to_contain_text("Example Ministry")
     screenshot(page, "5-joined")
 
     page.goto(newspaper.at(ARTICLE))

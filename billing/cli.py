@@ -345,6 +345,13 @@ def tick(now_text: str | None) -> None:
     endings, _ = _one_by_one(
         "endings", ended, lambda own, t: trials.end_trial(own, t, now=now, notify=farewell)
     )
+    from billing.services import groups
+
+    overdue, _ = _one_by_one(
+        "invoices",
+        groups.invoices_to_watch(session),
+        lambda own, s: groups.watch_invoice(own, gateway, s, now=now),
+    )
     pruned = decision_cache.prune(session, before=now - timedelta(days=1))
     session.commit()
     if pruned:
@@ -352,7 +359,8 @@ def tick(now_text: str | None) -> None:
     failures = f" ({start_failures} failed, retried next tick)" if start_failures else ""
     click.echo(
         f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended, "
-        f"{started} scheduled subscription(s) started{failures}."
+        f"{started} scheduled subscription(s) started{failures}, "
+        f"{overdue} group invoice subscription(s) changed."
     )
 
 

@@ -13,6 +13,8 @@ stand-in learns, following Stripe's API reference:
   open invoices, the one whose number or id is the ``reference`` first, then the oldest; an
   invoice the balance covers becomes ``paid`` (``invoice.paid``, ``invoice.payment_succeeded``)
   and a ``past_due`` subscription it belongs to ``active`` again.
+- Time: once an invoice sent this way is past its ``due_date`` unpaid, its subscription reads
+  ``past_due`` (Stripe moves it there when the due date passes), and ``active`` again once paid.
 
 :func:`install` patches the loaded ``localstripe.resources`` and adds the route to its server.
 """
@@ -96,6 +98,23 @@ def install(resources: Any, server: Any) -> None:
         schedule_webhook(Event("invoice.finalized", invoice))
         schedule_webhook(Event("invoice.sent", invoice))
 
+    def subscription_status(self: Any) -> str:
+        stored = str(self.__dict__.get("_tollgate_status", self.__dict__.get("status")))
+        if stored != "active" or getattr(self, "collection_method", "") != SEND_INVOICE:
+            return stored
+        latest = self.__dict__.get("latest_invoice")
+        if latest is None:
+            return stored
+        invoice = invoice_cls._api_retrieve(latest)
+        due = getattr(invoice, "due_date", None)
+        if invoice.status == "open" and due is not None and time.time() > due:
+            return "past_due"
+        return stored
+
+    def set_subscription_status(self: Any, value: str) -> None:
+        self.__dict__.pop("status", None)
+        self.__dict__["_tollgate_status"] = value
+
     def status(self: Any) -> str:
         if getattr(self, "_tollgate_paid_at", None) is not None:
             return "paid"
@@ -160,6 +179,7 @@ def install(resources: Any, server: Any) -> None:
 
     CashBalanceTransaction.__qualname__ = CashBalanceTransaction.__name__
     globals()["CashBalanceTransaction"] = CashBalanceTransaction  # picklable by name
+    subscription_cls.status = property(subscription_status, set_subscription_status)
     subscription_cls.__init__ = subscription_init
     subscription_cls._create_invoice = create_invoice
     invoice_cls.status = property(status)

@@ -824,3 +824,20 @@ def test_stripe_errors_never_reach_the_caller() -> None:
         gateway, _ = stripe_gateway({"subscriptions.retrieve": error})
         with pytest.raises(expected):
             gateway.retrieve_subscription("sub_1")
+
+
+def test_an_invoice_sent_with_no_days_to_pay_makes_its_subscription_past_due_until_paid(
+    gateway: StripeGateway, plans: dict[str, StripePriceData]
+) -> None:
+    customer = gateway.create_customer("billing@example.org", metadata={"tollgate_group_id": "g"})
+    created = gateway.create_subscription(
+        customer.id,
+        plans["yearly"].id,
+        quantity=3,
+        collection_method="send_invoice",
+        days_until_due=0,
+    )
+    assert created.latest_invoice_id is not None
+    assert wait_for(lambda: gateway.retrieve_subscription(created.id).status == "past_due")
+    gateway.fund_bank_transfer(customer.id, 27000, "eur", reference=created.latest_invoice_id)
+    assert gateway.retrieve_subscription(created.id).status == "active"

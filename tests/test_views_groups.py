@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import pytest
-from flask.testing import FlaskClient
+from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -293,3 +296,35 @@ def test_an_admin_cancels_at_the_end_of_the_year_members_read_until_then_and_ren
     client.post(f"{show}/renewal?renew=1", data={"csrf_token": csrf_token(client, show)})
     session.expire_all()
     assert not session.scalars(select(Subscription)).one().cancel_at_period_end
+
+
+def test_an_overdue_invoice_makes_the_group_past_due_and_mails_billing_and_admins_once(
+    client: FlaskClient,
+    session: Session,
+    gateway: StripeGateway,
+    runner: FlaskCliRunner,
+    outbox: Outbox,
+    clock: FixedClock,
+) -> None:
+    client.application.config["GROUP_INVOICE_DAYS_UNTIL_DUE"] = 0  # due at once
+    group = _group_by_invoice(client, session, gateway)
+    member = factories.reader()
+    groups.claim_seat(session, group, member, now=clock.now())
+    session.commit()
+    time.sleep(1.1)  # localstripe's due dates run on the wall clock, in whole seconds
+    result = runner.invoke(args=["billing", "tick"])
+    assert result.exit_code == 0, result.output
+    assert "invoices: 1/1" in result.output  # the tick looked at the open invoice
+    session.expire_all()
+    subscription = session.scalars(select(Subscription)).one()
+    assert subscription.status == SubscriptionStatus.PAST_DUE
+    subjects = {(m.to, m.subject) for m in outbox.all() if "overdue" in m.subject}
+    assert subjects == {
+        ("accounts@ministry.example", "Example Ministry: a payment of €288.00 is overdue"),
+        ("boss@ministry.example", "Example Ministry: a payment of €288.00 is overdue"),
+    }
+    reader = session.get_one(Reader, member.id)
+    assert decide(reader, clock.now()).reason == Reason.GROUP_SEAT
+    assert decide(reader, clock.now() + timedelta(days=8)).reason == Reason.NONE
+    runner.invoke(args=["billing", "tick"])
+    assert len([m for m in outbox.all() if "overdue" in m.subject]) == 2

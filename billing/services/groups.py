@@ -26,6 +26,9 @@ from billing.errors import Conflict, DomainError, Forbidden, NotFound, Validatio
 from billing.gateway import StripeGateway
 from billing.models import (
     CollectionMethod,
+    Invoice,
+    InvoiceStatus,
+    SubscriptionStatus,
     Customer,
     Group,
     GroupDomain,
@@ -679,6 +682,71 @@ def set_renewal(
         details={"ends_at": subscription.current_period_end.isoformat()},
     )
     return synced or subscription
+
+
+def invoices_to_watch(session: Session) -> list[int]:
+    """Group subscriptions paid by invoice with an invoice still open: time alone makes them
+    past due (Stripe then says so), so ``tick`` looks at them."""
+    return list(
+        session.scalars(
+            select(Subscription.id)
+            .join(Invoice, Invoice.subscription_id == Subscription.id)
+            .where(
+                Subscription.group_id.is_not(None),
+                Subscription.collection_method == CollectionMethod.SEND_INVOICE,
+                Invoice.status == InvoiceStatus.OPEN,
+            )
+            .distinct()
+            .order_by(Subscription.id)
+        )
+    )
+
+
+def watch_invoice(
+    session: Session, gateway: StripeGateway, subscription_id: int, *, now: datetime
+) -> bool:
+    """Mirror a subscription paid by invoice and its open invoices again; whether its status
+    changed (past due: the billing e-mail and the admins are mailed by the mirror)."""
+    subscription = session.get(Subscription, subscription_id)
+    if subscription is None:
+        return False
+    before = subscription.status
+    open_invoices = session.scalars(
+        select(Invoice.stripe_id).where(
+            Invoice.subscription_id == subscription.id, Invoice.status == InvoiceStatus.OPEN
+        )
+    ).all()
+    for stripe_id in open_invoices:
+        sync_invoice(session, gateway, stripe_id, now=now)
+    synced = sync_subscription(session, gateway, subscription.stripe_id, now=now)
+    return synced is not None and synced.status != before
+
+
+def mail_payment_problem(
+    session: Session, gateway: StripeGateway, subscription: Subscription, invoice_id: str | None
+) -> None:
+    """Tell the group's billing e-mail and its admins that a payment is overdue or failed, once
+    per invoice: members keep reading during the grace, then lose group access."""
+    group = session.get(Group, subscription.group_id)
+    if group is None:
+        return
+    amount, currency = subscription.plan.amount * subscription.quantity, subscription.plan.currency
+    if invoice_id is not None:
+        invoice = gateway.retrieve_invoice(invoice_id)
+        amount, currency = invoice.amount_due - invoice.amount_paid, invoice.currency
+    recipients = [group.billing_email, *(m.reader.email for m in _admins(session, group))]
+    for address in dict.fromkeys(recipients):
+        mail.send(
+            session,
+            address,
+            "group_payment_failed",
+            key=f"group-payment-failed-{subscription.stripe_id}-{invoice_id}-{address}",
+            group=group,
+            amount_due=amount,
+            currency=currency,
+            by_invoice=subscription.collection_method == CollectionMethod.SEND_INVOICE,
+            keeps_access=subscription.status == SubscriptionStatus.PAST_DUE,
+        )
 
 
 # --- invites ------------------------------------------------------------------------------------

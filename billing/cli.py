@@ -356,11 +356,12 @@ def tick(now_text: str | None) -> None:
     session.commit()
     if pruned:
         click.echo(f"  pruned {pruned} old entitlement change(s)")
+    if overdue:
+        click.echo(f"  {overdue} group subscription(s) paid by invoice changed status")
     failures = f" ({start_failures} failed, retried next tick)" if start_failures else ""
     click.echo(
         f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended, "
-        f"{started} scheduled subscription(s) started{failures}, "
-        f"{overdue} group invoice subscription(s) changed."
+        f"{started} scheduled subscription(s) started{failures}."
     )
 
 

@@ -352,12 +352,20 @@ def tick(now_text: str | None) -> None:
         groups.invoices_to_watch(session),
         lambda own, s: groups.watch_invoice(own, gateway, s, now=now),
     )
+    group_rules = groups.GroupRules.from_config(current_app.config)
+    reclaimed, _ = _one_by_one(
+        "idle seats",
+        groups.groups_reclaiming(session),
+        lambda own, g: groups.reclaim_idle_automatically(own, g, rules=group_rules, now=now) > 0,
+    )
     pruned = decision_cache.prune(session, before=now - timedelta(days=1))
     session.commit()
     if pruned:
         click.echo(f"  pruned {pruned} old entitlement change(s)")
     if overdue:
         click.echo(f"  {overdue} group subscription(s) paid by invoice changed status")
+    if reclaimed:
+        click.echo(f"  {reclaimed} group(s) had idle seats reclaimed")
     failures = f" ({start_failures} failed, retried next tick)" if start_failures else ""
     click.echo(
         f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended, "

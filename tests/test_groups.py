@@ -571,3 +571,33 @@ def test_the_bisect_lookup_agrees_with_a_scan_of_every_range(
     if networks:
         index.replace_group(0, [])
         assert index.find(str(networks[0].network_address)) is None
+
+
+def test_automatic_reclaiming_warns_an_idle_member_a_week_before_and_spares_one_who_reads(
+    app: Flask, session: Session, clock: FixedClock, outbox: Outbox
+) -> None:
+    group = factories.group_with_seats(4)
+    admin = _admin_of(session, group)
+    sleeper = groups.claim_seat(
+        session, group, factories.reader(email="z@org.example"), now=clock.now()
+    )
+    waker = groups.claim_seat(
+        session, group, factories.reader(email="w@org.example"), now=clock.now()
+    )
+    groups.set_auto_reclaim(session, group, admin, True, now=clock.now())
+    idle_at = clock.now() + timedelta(days=RULES.idle_days)
+    assert groups.reclaim_idle_automatically(session, group.id, rules=RULES, now=idle_at) == 0
+    assert [m.subject for m in outbox.all("z@org.example")][-1].startswith("Your seat in")
+    assert sleeper.idle_warned_at == idle_at and sleeper.removed_at is None
+    waker.last_read_at = idle_at + timedelta(days=1)
+    a_week_later = idle_at + groups.IDLE_WARNING
+    assert (
+        groups.reclaim_idle_automatically(
+            session, group.id, rules=RULES, now=a_week_later - timedelta(seconds=1)
+        )
+        == 0
+    )
+    assert groups.reclaim_idle_automatically(session, group.id, rules=RULES, now=a_week_later) == 1
+    assert sleeper.removed_at == a_week_later
+    assert waker.removed_at is None
+    assert outbox.all("z@org.example")[-1].subject == f"Your seat in {group.name} was freed"

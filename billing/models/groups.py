@@ -31,6 +31,8 @@ class Group(Base):
     admins_take_seat: Mapped[bool] = mapped_column(Boolean, default=True)
     """Whether an admin's membership counts against the seats (it does unless the admin says no)."""
     seats_full_mailed_at: Mapped[datetime | None]
+    auto_reclaim_idle: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Whether ``tick`` frees idle seats itself (warning each member a week before)."""
     """When the admins were last told someone found no free seat (at most once a day)."""
 
     memberships: Mapped[list[GroupMembership]] = relationship(back_populates="group")
@@ -56,6 +58,8 @@ class GroupMembership(Base):
     removed_at: Mapped[datetime | None]
     last_read_at: Mapped[datetime | None]
     """When the member last read through the group (idle seats are measured from it)."""
+    idle_warned_at: Mapped[datetime | None]
+    """When the member was told their idle seat would be freed (automatic reclaiming)."""
 
     group: Mapped[Group] = relationship(back_populates="memberships")
     reader: Mapped[Reader] = relationship()

@@ -26,20 +26,20 @@ from billing.errors import Conflict, DomainError, Forbidden, NotFound, Validatio
 from billing.gateway import StripeGateway
 from billing.models import (
     CollectionMethod,
-    Invoice,
-    InvoiceStatus,
-    SubscriptionStatus,
     Customer,
     Group,
     GroupDomain,
     GroupInvite,
     GroupIPRange,
     GroupMembership,
+    Invoice,
+    InvoiceStatus,
     MembershipRole,
     Plan,
     PlanKind,
     Reader,
     Subscription,
+    SubscriptionStatus,
 )
 from billing.services import audit, mail
 from billing.services.accounts import InvalidLink, _dumps, _loads, normalise_email
@@ -1314,6 +1314,75 @@ def reclaim_idle_seat(
         group=group,
     )
     return membership
+
+
+IDLE_WARNING = timedelta(days=7)
+"""How long before automatic reclaiming a member is told their seat will be freed."""
+
+
+def set_auto_reclaim(
+    session: Session, group: Group, admin: Reader, enabled: bool, *, now: datetime
+) -> None:
+    """Whether ``tick`` frees idle seats itself, a week after telling the member."""
+    require_admin(session, group, admin)
+    group.auto_reclaim_idle = enabled
+    audit.record(
+        session,
+        now=now,
+        actor=admin,
+        action="group.auto_reclaim",
+        target=group,
+        details={"enabled": enabled},
+    )
+
+
+def groups_reclaiming(session: Session) -> list[int]:
+    """Ids of the groups that reclaim idle seats automatically."""
+    return list(session.scalars(select(Group.id).where(Group.auto_reclaim_idle.is_(True))))
+
+
+def reclaim_idle_automatically(
+    session: Session, group_id: int, *, rules: GroupRules, now: datetime
+) -> int:
+    """For a group that asked for it: warn idle members (once), and free the seats of those who
+    were warned ``IDLE_WARNING`` ago and have not read since. How many seats were freed."""
+    group = session.get(Group, group_id)
+    if group is None or not group.auto_reclaim_idle:
+        return 0
+    _lock_seats(session, group, now)
+    freed = 0
+    for membership in idle_members(session, group, rules=rules, now=now):
+        warned = membership.idle_warned_at
+        if warned is None or (membership.last_read_at or membership.joined_at) > warned:
+            membership.idle_warned_at = now
+            mail.send(
+                session,
+                membership.reader.email,
+                "group_seat_idle",
+                key=f"group-seat-idle-{membership.id}-{now.date().isoformat()}",
+                group=group,
+                frees_on=now + IDLE_WARNING,
+            )
+        elif now - warned >= IDLE_WARNING:
+            membership.removed_at = now
+            audit.record(
+                session,
+                now=now,
+                actor="tick",
+                action="group.idle_seat_reclaimed",
+                target=group,
+                details={"member": membership.reader.email},
+            )
+            mail.send(
+                session,
+                membership.reader.email,
+                "group_seat_reclaimed",
+                key=f"group-seat-reclaimed-{membership.id}-{now.date().isoformat()}",
+                group=group,
+            )
+            freed += 1
+    session.flush()
+    return freed
 
 
 def note_reading(

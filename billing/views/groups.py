@@ -435,6 +435,21 @@ def admins_take_seat(public_id: str) -> ResponseReturnValue:
     )
 
 
+@bp.post("/groups/<public_id>/auto-reclaim")
+@login_required
+def auto_reclaim(public_id: str) -> ResponseReturnValue:
+    """Switch automatic reclaiming of idle seats on (``?on=1``) or off."""
+    group = _my_group(public_id)
+    enabled = request.args.get("on") == "1"
+    return _act(
+        group,
+        lambda s, now: groups.set_auto_reclaim(s, group, guards.reader(), enabled, now=now),
+        "Idle seats are now reclaimed automatically, a week after telling the member."
+        if enabled
+        else "Idle seats are no longer reclaimed automatically.",
+    )
+
+
 @bp.post("/groups/<public_id>/seats")
 @login_required
 def seats(public_id: str) -> ResponseReturnValue:

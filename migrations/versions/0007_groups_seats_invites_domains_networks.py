@@ -25,11 +25,16 @@ def upgrade() -> None:
             sa.Column("admins_take_seat", sa.Boolean(), nullable=False, server_default=sa.true())
         )
         batch_op.add_column(sa.Column("seats_full_mailed_at", UTC, nullable=True))
+        batch_op.add_column(
+            sa.Column("auto_reclaim_idle", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
     with op.batch_alter_table("groups", schema=None) as batch_op:
         batch_op.alter_column("admins_take_seat", server_default=None)
+        batch_op.alter_column("auto_reclaim_idle", server_default=None)
 
     with op.batch_alter_table("group_memberships", schema=None) as batch_op:
         batch_op.add_column(sa.Column("last_read_at", UTC, nullable=True))
+        batch_op.add_column(sa.Column("idle_warned_at", UTC, nullable=True))
 
     with op.batch_alter_table("group_invites", schema=None) as batch_op:
         batch_op.add_column(sa.Column("token_hash", sa.String(length=64), nullable=True))
@@ -115,8 +120,10 @@ def downgrade() -> None:
         batch_op.drop_column("token_hash")
 
     with op.batch_alter_table("group_memberships", schema=None) as batch_op:
+        batch_op.drop_column("idle_warned_at")
         batch_op.drop_column("last_read_at")
 
     with op.batch_alter_table("groups", schema=None) as batch_op:
+        batch_op.drop_column("auto_reclaim_idle")
         batch_op.drop_column("seats_full_mailed_at")
         batch_op.drop_column("admins_take_seat")

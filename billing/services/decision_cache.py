@@ -46,7 +46,7 @@ from billing.models import (
     Subscription,
     Trial,
 )
-from billing.services.entitlements import Decision, Reason, decide, group_decision
+from billing.services.entitlements import Decision, Reason, decide
 from billing.services.group_networks import NetworkIndex
 
 _READER_LINKED = (Subscription, Trial, ComplimentaryGrant)
@@ -132,10 +132,9 @@ class DecisionCache:
             .unique()
             .one_or_none()
         )
-        decision = None
-        if group is not None:
-            decision = group_decision(group, now, self.past_due_grace, Reason.GROUP_IP)
-        decision = decision or Decision.refused(Reason.NONE)
+        decision = decide(
+            None, now, ip, past_due_grace=self.past_due_grace, networks=lambda _address: group
+        )
         expires_at = now + self.max_age
         if decision.until is not None:
             expires_at = min(expires_at, decision.until)

@@ -56,6 +56,7 @@ def main() -> None:
     token_args = ["--iterations", "20000"] if args.quick else []
     api = run([python, "bench/entitlement_api.py", *api_args])
     tokens = run([python, "bench/bench_tokens.py", *token_args])
+    group_ip = run([python, "bench/bench_group_ip.py", *token_args])
 
     def table(out: str) -> str:
         """The markdown table a benchmark printed, then its line saying how it was run."""
@@ -69,7 +70,8 @@ def main() -> None:
 Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()} by `make bench`
 (`.venv/bin/python bench/run.py`){" with --quick" if args.quick else ""}. Every figure is compared
 with a baseline measured in the same run on the same machine. Targets: entitlement API >= 0.7 of a
-bare Flask JSON endpoint served the same way; token verification >= 0.9 of raw itsdangerous.
+bare Flask JSON endpoint served the same way; token verification >= 0.9 of raw itsdangerous; the
+IP check with 10,000 office ranges >= 0.9 of the warm reader check.
 
 ## 1. The entitlement API
 
@@ -78,6 +80,10 @@ bare Flask JSON endpoint served the same way; token verification >= 0.9 of raw i
 ## 2. Access-token verification
 
 {table(tokens)}
+
+## 3. Anonymous visitors by office network
+
+{table(group_ip)}
 
 ## Reading the figures
 

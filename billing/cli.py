@@ -194,6 +194,8 @@ def seed_demo() -> None:
             trials.start_trial(session, reader, now=started, days=days)
     newspaper = _ensure_demo_newspaper(now) if current_app.config["DEV_MODE"] else None
     session.commit()
+    if current_app.config["DEV_MODE"]:
+        _seed_demo_group(now)
     click.echo("Demo data ready.")
     click.echo(f"  Staff login: {DEMO_STAFF_EMAIL} / {DEMO_STAFF_PASSWORD}")
     click.echo(f"  Demo readers (password {DEMO_READER_PASSWORD}): " + ", ".join(demo_trials))
@@ -205,6 +207,58 @@ def seed_demo() -> None:
             f"  Demo newspaper API client: {newspaper.public_id}, key {key}, "
             f"origins {', '.join(newspaper.allowed_origins)} ({state})"
         )
+
+
+DEMO_GROUP_ADMIN = "group.admin@ministry.example"
+DEMO_GROUP_NETWORK = "203.0.113.0/24"
+"""A documentation range (RFC 5737): staff-approved as a private range for the demo."""
+
+
+def _seed_demo_group(now: datetime) -> None:
+    """Development: an organisation paying by invoice, with an approved domain and an office
+    network covering the documentation address 203.0.113.10 (the newspaper can browse from it)."""
+    from billing.gateway import GatewayError
+    from billing.models import Group
+    from billing.services import groups, payments
+
+    session = db.session()
+    if session.scalar(select(Group).where(Group.name == "Example Ministry")) is not None:
+        return
+    gateway = current_app.extensions["stripe_gateway"]
+    rules = groups.GroupRules.from_config(current_app.config)
+    try:
+        payments.sync_plans(session, gateway)
+        admin, _ = _ensure_reader(DEMO_GROUP_ADMIN, "Group Admin", now=now)
+        session.flush()
+        group = groups.create_group(
+            session,
+            gateway,
+            admin,
+            name="Example Ministry",
+            billing_email="accounts@ministry.example",
+            country="BE",
+            vat_id="",
+            seats=5,
+            by_invoice=True,
+            rules=rules,
+            now=now,
+        )
+        staff = accounts.find_by_email(session, DEMO_STAFF_EMAIL)
+        assert staff is not None
+        domain = groups.add_domain(session, group, admin, "ministry.example", now=now)
+        groups.decide_domain(session, staff, domain.id, True, now=now)
+        groups.staff_add_private_range(
+            session, staff, group, DEMO_GROUP_NETWORK, label="Head office", rules=rules, now=now
+        )
+    except (GatewayError, DomainError) as error:
+        session.rollback()
+        click.echo(f"  Demo group skipped: {error}")
+        return
+    session.commit()
+    click.echo(
+        f"  Demo group: Example Ministry, admin {DEMO_GROUP_ADMIN} (password "
+        f"{DEMO_READER_PASSWORD}), domain ministry.example, network {DEMO_GROUP_NETWORK}"
+    )
 
 
 def _trial_mailer(template: str) -> Callable[[Trial], None]:
@@ -291,10 +345,27 @@ def tick(now_text: str | None) -> None:
     endings, _ = _one_by_one(
         "endings", ended, lambda own, t: trials.end_trial(own, t, now=now, notify=farewell)
     )
+    from billing.services import groups
+
+    overdue, _ = _one_by_one(
+        "invoices",
+        groups.invoices_to_watch(session),
+        lambda own, s: groups.watch_invoice(own, gateway, s, now=now),
+    )
+    group_rules = groups.GroupRules.from_config(current_app.config)
+    reclaimed, _ = _one_by_one(
+        "idle seats",
+        groups.groups_reclaiming(session),
+        lambda own, g: groups.reclaim_idle_automatically(own, g, rules=group_rules, now=now) > 0,
+    )
     pruned = decision_cache.prune(session, before=now - timedelta(days=1))
     session.commit()
     if pruned:
         click.echo(f"  pruned {pruned} old entitlement change(s)")
+    if overdue:
+        click.echo(f"  {overdue} group subscription(s) paid by invoice changed status")
+    if reclaimed:
+        click.echo(f"  {reclaimed} group(s) had idle seats reclaimed")
     failures = f" ({start_failures} failed, retried next tick)" if start_failures else ""
     click.echo(
         f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended, "

@@ -139,6 +139,24 @@ SETTINGS: tuple[Setting, ...] = (
         "0",
         "number of trusted proxies in front of the app whose `X-Forwarded-*` headers are believed",
     ),
+    Setting("GROUP_MIN_SEATS", "3", "fewest seats an organisation can buy"),
+    Setting("GROUP_INVITE_DAYS", "7", "days a group invitation link stays valid"),
+    Setting(
+        "GROUP_INVOICE_DAYS_UNTIL_DUE",
+        "30",
+        "days an organisation paying by invoice / bank transfer has to pay each invoice",
+    ),
+    Setting(
+        "GROUP_IDLE_DAYS",
+        "60",
+        "days without reading after which a group member's seat is listed as idle for reclaiming",
+    ),
+    Setting(
+        "GROUP_WIDEST_IPV4", "16", "widest IPv4 office range an organisation may register (prefix)"
+    ),
+    Setting(
+        "GROUP_WIDEST_IPV6", "48", "widest IPv6 office range an organisation may register (prefix)"
+    ),
 )
 _DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
@@ -199,6 +217,12 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "DECISION_CACHE_MAX_AGE": number("DECISION_CACHE_MAX_AGE", float),
         "DECISION_CACHE_POLL_INTERVAL": number("DECISION_CACHE_POLL_INTERVAL", float),
         "PROXY_FIX_X_FOR": number("PROXY_FIX_X_FOR"),
+        "GROUP_MIN_SEATS": number("GROUP_MIN_SEATS"),
+        "GROUP_INVITE_DAYS": number("GROUP_INVITE_DAYS"),
+        "GROUP_INVOICE_DAYS_UNTIL_DUE": number("GROUP_INVOICE_DAYS_UNTIL_DUE"),
+        "GROUP_IDLE_DAYS": number("GROUP_IDLE_DAYS"),
+        "GROUP_WIDEST_IPV4": number("GROUP_WIDEST_IPV4"),
+        "GROUP_WIDEST_IPV6": number("GROUP_WIDEST_IPV6"),
         "SESSION_COOKIE_SECURE": production,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

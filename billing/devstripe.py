@@ -75,6 +75,9 @@ def main(
     from aiohttp import web
     from localstripe import resources, server
 
+    from billing import devstripe_invoicing
+
+    devstripe_invoicing.install(resources, server)
     path = Path(store_path).resolve()
     resources.Store.try_load_from_disk = lambda self: None
     # Unpickling a Store sets its items one by one, and each set would save the whole store.

@@ -607,6 +607,15 @@ class _StripeDialect(_Dialect):
         params["collection_method"] = collection_method
         if collection_method == "send_invoice":
             params["days_until_due"] = days_until_due if days_until_due is not None else 30
+            params["payment_settings"] = {
+                "payment_method_types": ["customer_balance"],
+                "payment_method_options": {
+                    "customer_balance": {
+                        "funding_type": "bank_transfer",
+                        "bank_transfer": {"type": "eu_bank_transfer"},
+                    }
+                },
+            }
 
     def item_price_id(self, raw_item: _Raw) -> str:
         """``item.price.id``."""
@@ -683,8 +692,10 @@ class _LocalstripeDialect(_Dialect):
       Its plans' amounts are ``amount``; prices' are ``unit_amount`` with ``recurring.interval``.
     - It refuses ``payment_behavior=default_incomplete``, ``default_payment_method``,
       ``collection_method`` and ``off_session`` on a new subscription (it charges the customer's
-      ``invoice_settings.default_payment_method``, as Stripe does when none is given), so it cannot
-      send invoices for bank transfer. Updates with ``proration_behavior`` or ``payment_behavior``
+      ``invoice_settings.default_payment_method``, as Stripe does when none is given);
+      ``billing.devstripe`` adds ``collection_method=send_invoice`` with ``days_until_due`` and the
+      ``fund_cash_balance`` test helper for bank transfers (``payment_settings`` is accepted and
+      kept, no bank account details are made up). Updates with ``proration_behavior`` or ``payment_behavior``
       fail with 500, and an item update without ``quantity`` resets it to 1: the gateway sends
       neither option and always the quantity. Updating a subscription's metadata is ignored.
     - The current period is on the subscription (Stripe moved it to the items in 2025);
@@ -778,11 +789,11 @@ class _LocalstripeDialect(_Dialect):
         collection_method: CollectionMethod,
         days_until_due: int | None,
     ) -> None:
-        """No options: localstripe refuses them; it only charges automatically."""
-        if collection_method != "charge_automatically":
-            raise UnsupportedByServerError(
-                "localstripe cannot send invoices: subscriptions are charged automatically"
-            )
+        """Only ``send_invoice`` and its ``days_until_due``, which ``billing.devstripe`` adds to
+        localstripe (it refuses the other options)."""
+        if collection_method == "send_invoice":
+            params["collection_method"] = collection_method
+            params["days_until_due"] = days_until_due if days_until_due is not None else 30
 
     def item_price_id(self, raw_item: _Raw) -> str:
         """``item.plan.id``."""
@@ -1086,7 +1097,8 @@ class StripeGateway:
         The result may be ``active`` (paid) or ``incomplete`` (the first payment failed or needs
         authentication: see :meth:`invoice_payment_intent`). Pass an ``idempotency_key`` (for
         example the scheduled subscription's id) so a retried ``tick`` cannot subscribe twice.
-        ``send_invoice`` (pay by bank transfer) exists only on real Stripe.
+        ``send_invoice`` (pay by bank transfer) leaves the first invoice open for
+        ``days_until_due`` days and starts the subscription ``active``.
         """
         params: SubscriptionCreateParams = {
             "customer": customer_id,
@@ -1201,6 +1213,16 @@ class StripeGateway:
         except stripe.CardError:
             pass
         return self.retrieve_invoice(invoice_id)
+
+    @_translating
+    def fund_bank_transfer(
+        self, customer_id: str, amount: int, currency: str, *, reference: str
+    ) -> None:
+        """Test mode only: a bank transfer of ``amount`` arrives for the customer, and Stripe
+        applies it to their open invoices (``reference`` names the invoice it pays first)."""
+        self._client.v1.test_helpers.customers.fund_cash_balance(
+            customer_id, {"amount": amount, "currency": currency, "reference": reference}
+        )
 
     @_translating
     def invoice_payment_intent(self, invoice_id: str) -> PaymentIntentData | None:

@@ -127,3 +127,53 @@ class GrantFactory(_Base):
 def reader(**kwargs: Any) -> models.Reader:
     """Shorthand for ``ReaderFactory(**kwargs)``."""
     return ReaderFactory(**kwargs)  # type: ignore[no-any-return]
+
+
+class GroupFactory(_Base):
+    """An organisation in Belgium."""
+
+    class Meta:
+        model = models.Group
+
+    name = factory.Sequence(lambda n: f"Organisation {n}")
+    billing_email = factory.Sequence(lambda n: f"billing{n}@org{n}.example")
+    country = "BE"
+    created_at = NOW
+    admins_take_seat = True
+
+
+def group_with_seats(seats: int, *, admin: models.Reader | None = None) -> models.Group:
+    """A group with an active yearly subscription of ``seats`` seats and ``admin`` (a new verified
+    reader unless given) as its admin, taking a seat."""
+    group = GroupFactory()
+    customer = CustomerFactory(
+        reader=None,
+        group_id=group.id,
+        email=group.billing_email,
+        email_canonical=group.billing_email,
+    )
+    plan = PlanFactory(
+        code=f"group-seat-{group.name}",
+        kind=models.PlanKind.GROUP,
+        interval=models.BillingInterval.YEAR,
+        amount=9600,
+    )
+    SubscriptionFactory(
+        customer=customer,
+        reader=None,
+        group_id=group.id,
+        plan=plan,
+        quantity=seats,
+        current_period_end=NOW + timedelta(days=365),
+    )
+    models_admin = admin or reader()
+    _current_session().add(
+        models.GroupMembership(
+            group_id=group.id,
+            reader_id=models_admin.id,
+            role=models.MembershipRole.ADMIN,
+            joined_at=NOW,
+        )
+    )
+    _current_session().flush()
+    return group

@@ -442,18 +442,74 @@ def test_an_unknown_object_raises_not_found(gateway: StripeGateway) -> None:
         gateway.retrieve_invoice("in_doesnotexist")
 
 
-def test_localstripe_has_no_disputes_and_cannot_send_invoices(
-    gateway: StripeGateway,
-    plans: dict[str, StripePriceData],
-    customer_with_card: Callable[..., str],
-) -> None:
+def test_localstripe_has_no_disputes(gateway: StripeGateway) -> None:
     assert gateway.server == "localstripe"
     with pytest.raises(UnsupportedByServerError):
         gateway.retrieve_dispute("dp_1")
-    with pytest.raises(UnsupportedByServerError):
-        gateway.create_subscription(
-            customer_with_card(), plans["yearly"].id, collection_method="send_invoice"
+
+
+def test_a_send_invoice_subscription_is_active_at_once_with_its_invoice_open_until_due(
+    gateway: StripeGateway, plans: dict[str, StripePriceData]
+) -> None:
+    customer = gateway.create_customer("billing@example.org", metadata={"tollgate_group_id": "g"})
+    created = gateway.create_subscription(
+        customer.id,
+        plans["yearly"].id,
+        quantity=3,
+        collection_method="send_invoice",
+        days_until_due=30,
+    )
+    assert created.status == "active"
+    assert created.collection_method == "send_invoice"
+    assert created.latest_invoice_id is not None
+    invoice = gateway.retrieve_invoice(created.latest_invoice_id)
+    assert invoice.status == "open"
+    assert invoice.collection_method == "send_invoice"
+    assert invoice.amount_due == 3 * 9000
+    assert invoice.amount_paid == 0
+    raw = stripe_raw_invoice(gateway, invoice.id)
+    assert raw["due_date"] == raw["period_start"] + 30 * 86400
+
+
+def test_a_bank_transfer_short_of_the_amount_leaves_the_invoice_open_and_the_rest_pays_it(
+    gateway: StripeGateway, plans: dict[str, StripePriceData]
+) -> None:
+    customer = gateway.create_customer("billing@example.org", metadata={"tollgate_group_id": "g"})
+    created = gateway.create_subscription(
+        customer.id,
+        plans["yearly"].id,
+        quantity=2,
+        collection_method="send_invoice",
+        days_until_due=30,
+    )
+    assert created.latest_invoice_id is not None
+    gateway.fund_bank_transfer(customer.id, 10000, "eur", reference=created.latest_invoice_id)
+    assert gateway.retrieve_invoice(created.latest_invoice_id).status == "open"
+    gateway.fund_bank_transfer(customer.id, 8000, "eur", reference=created.latest_invoice_id)
+    paid = gateway.retrieve_invoice(created.latest_invoice_id)
+    assert (paid.status, paid.amount_paid) == ("paid", 18000)
+    assert paid.paid_at is not None
+    assert gateway.retrieve_subscription(created.id).status == "active"
+
+
+def test_send_invoice_without_days_until_due_is_refused_like_stripe_does(
+    gateway: StripeGateway, plans: dict[str, StripePriceData], localstripe_url: str
+) -> None:
+    customer = gateway.create_customer("billing@example.org", metadata={"tollgate_group_id": "g"})
+    client = stripe.StripeClient("sk_test_localstripe", base_addresses={"api": localstripe_url})
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.subscriptions.create(
+            {
+                "customer": customer.id,
+                "items": [{"plan": plans["yearly"].id}],  # type: ignore[typeddict-unknown-key]
+                "collection_method": "send_invoice",
+            }
         )
+
+
+def stripe_raw_invoice(gateway: StripeGateway, invoice_id: str) -> dict[str, Any]:
+    """The invoice as the server sends it (fields the gateway does not map)."""
+    return gateway._client.v1.invoices.retrieve(invoice_id).to_dict()
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -768,3 +824,20 @@ def test_stripe_errors_never_reach_the_caller() -> None:
         gateway, _ = stripe_gateway({"subscriptions.retrieve": error})
         with pytest.raises(expected):
             gateway.retrieve_subscription("sub_1")
+
+
+def test_an_invoice_sent_with_no_days_to_pay_makes_its_subscription_past_due_until_paid(
+    gateway: StripeGateway, plans: dict[str, StripePriceData]
+) -> None:
+    customer = gateway.create_customer("billing@example.org", metadata={"tollgate_group_id": "g"})
+    created = gateway.create_subscription(
+        customer.id,
+        plans["yearly"].id,
+        quantity=3,
+        collection_method="send_invoice",
+        days_until_due=0,
+    )
+    assert created.latest_invoice_id is not None
+    assert wait_for(lambda: gateway.retrieve_subscription(created.id).status == "past_due")
+    gateway.fund_bank_transfer(customer.id, 27000, "eur", reference=created.latest_invoice_id)
+    assert gateway.retrieve_subscription(created.id).status == "active"

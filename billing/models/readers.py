@@ -14,6 +14,7 @@ from billing.models.enums import StaffRole, TrialStatus
 
 if TYPE_CHECKING:
     from billing.models.grants import ComplimentaryGrant
+    from billing.models.groups import GroupMembership
     from billing.models.payments import Customer, Subscription
 
 
@@ -50,6 +51,9 @@ class Reader(Base):
     )
     grants: Mapped[list[ComplimentaryGrant]] = relationship(
         back_populates="reader", foreign_keys="ComplimentaryGrant.reader_id"
+    )
+    group_memberships: Mapped[list[GroupMembership]] = relationship(
+        foreign_keys="GroupMembership.reader_id", viewonly=True
     )
 
     __table_args__ = (CheckConstraint("length(country) = 2", name="country_iso2"),)

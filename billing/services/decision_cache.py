@@ -11,8 +11,13 @@ What can change a decision, and how every process learns of it:
   end, the end of a grace), and no entry lives longer than ``max_age`` (default 30 s), which bounds
   what time alone can change for refusals (a grant that starts later, say).
 - Each process polls the change log at most every ``poll_interval`` (default 1 s) before answering
-  from the cache, and drops the entries of every reader named there; a change to a group clears
-  the whole cache. So a change reaches every process within ``poll_interval`` plus one request.
+  from the cache, and drops the entries of every reader named there. A change to a group (its
+  subscription, its office ranges) drops only what that group affects: the cached decisions of
+  its members, its own cached decision for anonymous visitors, and its ranges in the office
+  network index, which is reloaded for that group alone. So a change reaches every process within
+  ``poll_interval`` plus one request.
+- Anonymous visitors (:meth:`DecisionCache.lookup_ip`) are found in a :class:`NetworkIndex` of
+  every approved office range, built once per process, then searched with ``bisect``.
 
 The cache is keyed by the reader's public id and holds a :class:`CachedReader` (ids and the
 decision), never ORM objects. It holds at most ``max_entries`` entries (unknown ids included) and
@@ -41,10 +46,10 @@ from billing.models import (
     Subscription,
     Trial,
 )
-from billing.services.entitlements import Decision, decide
+from billing.services.entitlements import Decision, Reason, decide
+from billing.services.group_networks import NetworkIndex
 
-_READER_LINKED = (Subscription, Trial, ComplimentaryGrant, GroupMembership)
-_GROUP_LINKED = (Group, GroupIPRange)
+_READER_LINKED = (Subscription, Trial, ComplimentaryGrant)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,10 @@ class DecisionCache:
         self._monotonic = monotonic
         self._entries: dict[str, CachedReader] = {}
         self._public_ids: dict[int, str] = {}
+        self._group_readers: dict[int, set[int]] = {}
+        self._group_entries: dict[int, tuple[Decision, datetime]] = {}
+        self._networks: NetworkIndex | None = None
+        self._stale_networks: set[int] = set()
         self._last_change_id: int | None = None
         self._next_poll = 0.0
         self._lock = threading.Lock()
@@ -86,7 +95,7 @@ class DecisionCache:
         entry = self._entries.get(public_id)
         if entry is not None and now < entry.expires_at:
             return entry
-        entry = self._compute(session, public_id, now)
+        entry, groups = self._compute(session, public_id, now)
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 # Bounded memory whatever ids callers ask about; refilling is cheap and rare.
@@ -95,18 +104,80 @@ class DecisionCache:
             self._entries[public_id] = entry
             if entry.reader_id is not None:
                 self._public_ids[entry.reader_id] = public_id
+                for group_id in groups:
+                    self._group_readers.setdefault(group_id, set()).add(entry.reader_id)
         return entry
+
+    def lookup_ip(self, session: Session, ip: str, now: datetime) -> Decision:
+        """The decision for an anonymous visitor from ``ip`` (a valid address): ``group_ip`` when
+        it lies in an approved office range of a group with a valid subscription."""
+        self._poll(session)
+        if self._stale_networks or self._networks is None:
+            networks = self._current_networks(session)
+        else:
+            networks = self._networks
+        group_id = networks.find(ip)
+        if group_id is None:
+            return _NO_GROUP
+        cached = self._group_entries.get(group_id)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        group = (
+            session.scalars(
+                select(Group)
+                .where(Group.id == group_id)
+                .options(joinedload(Group.subscriptions).joinedload(Subscription.plan))
+                .execution_options(populate_existing=True)
+            )
+            .unique()
+            .one_or_none()
+        )
+        decision = decide(
+            None, now, ip, past_due_grace=self.past_due_grace, networks=lambda _address: group
+        )
+        expires_at = now + self.max_age
+        if decision.until is not None:
+            expires_at = min(expires_at, decision.until)
+        with self._lock:
+            self._group_entries[group_id] = (decision, expires_at)
+        return decision
+
+    def _current_networks(self, session: Session) -> NetworkIndex:
+        networks = self._networks
+        if networks is None:
+            networks = NetworkIndex(session.execute(_APPROVED_RANGES))
+            with self._lock:
+                self._networks, self._stale_networks = networks, set()
+            return networks
+        if self._stale_networks:
+            with self._lock:
+                stale, self._stale_networks = self._stale_networks, set()
+            for group_id in stale:
+                rows = session.execute(
+                    select(
+                        GroupIPRange.version, GroupIPRange.first_address, GroupIPRange.last_address
+                    ).where(
+                        GroupIPRange.group_id == group_id, GroupIPRange.approved_at.is_not(None)
+                    )
+                )
+                networks.replace_group(group_id, rows)
+        return networks
 
     def clear(self) -> None:
         """Forget every cached decision."""
         with self._lock:
             self._entries.clear()
             self._public_ids.clear()
+            self._group_readers.clear()
+            self._group_entries.clear()
+            self._networks = None
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _compute(self, session: Session, public_id: str, now: datetime) -> CachedReader:
+    def _compute(
+        self, session: Session, public_id: str, now: datetime
+    ) -> tuple[CachedReader, list[int]]:
         # One round trip: a reader has few subscriptions and grants, so the joined rows stay few.
         reader = (
             session.scalars(
@@ -116,6 +187,10 @@ class DecisionCache:
                     joinedload(Reader.subscriptions).joinedload(Subscription.plan),
                     joinedload(Reader.grants),
                     joinedload(Reader.trial),
+                    joinedload(Reader.group_memberships)
+                    .joinedload(GroupMembership.group)
+                    .joinedload(Group.subscriptions)
+                    .joinedload(Subscription.plan),
                 )
                 .execution_options(populate_existing=True)
             )
@@ -126,7 +201,9 @@ class DecisionCache:
         expires_at = now + self.max_age
         if decision.until is not None:
             expires_at = min(expires_at, decision.until)
-        return CachedReader(reader.id if reader else None, public_id, decision, expires_at)
+        groups = [m.group_id for m in reader.group_memberships] if reader is not None else []
+        entry = CachedReader(reader.id if reader else None, public_id, decision, expires_at)
+        return entry, groups
 
     def _poll(self, session: Session) -> None:
         if self._monotonic() < self._next_poll:
@@ -145,20 +222,34 @@ class DecisionCache:
             return
         with self._lock:
             self._last_change_id = rows[-1].id
-            if any(row.group_id is not None for row in rows):
-                self._entries.clear()
-                self._public_ids.clear()
-                return
-            for row in rows:
-                public_id = self._public_ids.pop(row.reader_id, None)
+            readers = {row.reader_id for row in rows if row.reader_id is not None}
+            for group_id in {row.group_id for row in rows if row.group_id is not None}:
+                readers |= self._group_readers.pop(group_id, set())
+                self._group_entries.pop(group_id, None)
+                self._stale_networks.add(group_id)
+            for reader_id in readers:
+                public_id = self._public_ids.pop(reader_id, None)
                 if public_id is not None:
                     self._entries.pop(public_id, None)
 
 
+_NO_GROUP = Decision.refused(Reason.NONE)
+
+_APPROVED_RANGES = select(
+    GroupIPRange.version,
+    GroupIPRange.first_address,
+    GroupIPRange.last_address,
+    GroupIPRange.group_id,
+).where(GroupIPRange.approved_at.is_not(None))
+
+
 def _affected(obj: Any) -> tuple[int | None, int | None]:
-    """The (reader id, group id) whose decision a changed ``obj`` may alter."""
+    """The (reader id, group id) whose decision a changed ``obj`` may alter: a membership alters
+    only its reader's, a group's subscription or office range every member's and visitor's."""
     if isinstance(obj, Reader):
         return obj.id, None
+    if isinstance(obj, GroupMembership):
+        return obj.reader_id, None
     if isinstance(obj, _READER_LINKED):
         return getattr(obj, "reader_id", None), getattr(obj, "group_id", None)
     if isinstance(obj, Group):

@@ -5,12 +5,12 @@ Every view, the API, access tokens and reports ask :func:`decide`; nothing else 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from billing.models import Reader, Subscription, SubscriptionStatus
+from billing.models import Group, Reader, Subscription, SubscriptionStatus
 from billing.services.tokens import TokenSigner
 
 DEFAULT_PAST_DUE_GRACE = timedelta(days=7)
@@ -65,18 +65,25 @@ class Decision:
         return cls(granted=False, reason=reason)
 
 
+NetworkLookup = Callable[[str], Group | None]
+"""The group whose approved office range holds an address, if any (see ``group_networks``)."""
+
+
 def decide(
     reader: Reader | None,
     now: datetime,
     ip: str | None = None,
     *,
     past_due_grace: timedelta = DEFAULT_PAST_DUE_GRACE,
+    networks: NetworkLookup | None = None,
 ) -> Decision:
     """Decide whether ``reader`` (or an anonymous visitor from ``ip``) may read at ``now``.
 
     Rules, first match wins:
 
-    1. No reader: refused, ``none`` (access by the visitor's IP range comes with groups).
+    1. No reader: a visitor whose ``ip`` lies in an approved office range (``networks``) of a
+       group whose subscription is valid at ``now``: ``group_ip``, naming the group, until the
+       group's access ends (the same subscription rules as 3.); else refused, ``none``.
     2. A reader whose e-mail is not verified: refused, ``email_unverified``.
     3. An individual subscription that is valid at ``now``, best first:
        - ``active`` and not cancelled: ``subscription``, until the end of the paid period
@@ -87,15 +94,24 @@ def decide(
        - ``past_due`` less than ``past_due_grace`` after the payment first failed:
          ``past_due_grace``, until that grace ends.
        ``unpaid``, ``incomplete``, ``incomplete_expired``, ``paused`` and ``canceled`` grant nothing.
-    4. A complimentary grant running at ``now``: ``complimentary``, until it expires.
-    5. Our own card-less trial running at ``now``: ``trial``, until it ends.
-    6. Otherwise refused, with the most telling reason: ``payment_failed`` (a subscription past due
+    4. A current seat (membership not removed) in a group whose subscription is valid by the rules
+       of 3.: ``group_seat``, naming the group (of several, the one whose access lasts longest),
+       until the group's access ends. A member keeps any access of their own (3., 5., 6.).
+    5. A complimentary grant running at ``now``: ``complimentary``, until it expires.
+    6. Our own card-less trial running at ``now``: ``trial``, until it ends.
+    7. Otherwise refused, with the most telling reason: ``payment_failed`` (a subscription past due
        beyond the grace, or unpaid), ``subscription_ended`` (a subscription that ended),
-       ``trial_expired`` (a trial that ran out), else ``none``.
+       ``seat_removed`` (a group seat was taken away), ``trial_expired`` (a trial that ran out),
+       else ``none``.
 
     A granted decision always has ``until`` later than ``now``.
     """
     if reader is None:
+        group = networks(ip) if networks is not None and ip is not None else None
+        if group is not None:
+            by_network = group_decision(group, now, past_due_grace, Reason.GROUP_IP)
+            if by_network is not None:
+                return by_network
         return Decision.refused(Reason.NONE)
     if not reader.is_verified:
         return Decision.refused(Reason.EMAIL_UNVERIFIED)
@@ -104,6 +120,11 @@ def decide(
     granted = _best_subscription_decision(subscriptions, now, past_due_grace)
     if granted is not None:
         return granted
+
+    seats = [m.group for m in reader.group_memberships if m.removed_at is None]
+    by_seat = _longest(group_decision(g, now, past_due_grace, Reason.GROUP_SEAT) for g in seats)
+    if by_seat is not None:
+        return by_seat
 
     grants = [g for g in reader.grants if g.is_active(now)]
     if grants:
@@ -145,12 +166,31 @@ def _best_subscription_decision(
     return min(candidates, key=lambda d: order.index(d.reason))
 
 
+def group_decision(
+    group: Group, now: datetime, grace: timedelta, reason: Reason
+) -> Decision | None:
+    """What ``group``'s subscriptions give its members (``group_seat``) or its office networks
+    (``group_ip``) at ``now``, naming the group; None when none of them is valid."""
+    subscriptions = sorted(group.subscriptions, key=lambda s: s.current_period_end, reverse=True)
+    granted = _best_subscription_decision(subscriptions, now, grace)
+    if granted is None:
+        return None
+    return replace(granted, reason=reason, group=group.public_id)
+
+
+def _longest(decisions: Iterable[Decision | None]) -> Decision | None:
+    granted = [(d.until, d.group or "", d) for d in decisions if d is not None and d.until]
+    return max(granted, key=lambda t: (t[0], t[1]))[2] if granted else None
+
+
 def _refusal_reason(reader: Reader, subscriptions: list[Subscription], now: datetime) -> Reason:
     failing = {SubscriptionStatus.PAST_DUE, SubscriptionStatus.UNPAID}
     if any(s.status in failing and not s.has_ended(now) for s in subscriptions):
         return Reason.PAYMENT_FAILED
     if any(s.has_ended(now) or s.cancel_at_period_end for s in subscriptions):
         return Reason.SUBSCRIPTION_ENDED
+    if any(m.removed_at is not None for m in reader.group_memberships):
+        return Reason.SEAT_REMOVED
     if reader.trial is not None:
         return Reason.TRIAL_EXPIRED
     return Reason.NONE

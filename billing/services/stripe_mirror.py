@@ -663,6 +663,11 @@ def mail_payment_problem(
     sends no ``invoice.payment_failed`` for a declined subscription charge), and a reader gets
     one mail per failure, not one per delivery or retry.
     """
+    if subscription.group_id is not None:
+        from billing.services import groups
+
+        groups.mail_payment_problem(session, gateway, subscription, invoice_id)
+        return
     customer = subscription.customer
     reader = customer.reader
     amount, currency, action_required = subscription.plan.amount, subscription.plan.currency, False

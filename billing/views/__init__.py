@@ -12,10 +12,12 @@ def register(app: Flask) -> None:
         account,
         auth,
         dev,
+        groups,
         ops,
         payments,
         staff,
         staff_api_clients,  # noqa: F401 - adds its routes to staff.bp
+        staff_groups,  # noqa: F401 - adds its routes to staff.bp
     )
 
     app.register_blueprint(ops.bp)
@@ -23,6 +25,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(account.bp)
     app.register_blueprint(access.bp)
     app.register_blueprint(payments.bp)
+    app.register_blueprint(groups.bp)
     app.register_blueprint(staff.bp)
     if app.config["DEV_MODE"]:
         app.register_blueprint(dev.bp)

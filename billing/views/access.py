@@ -45,8 +45,8 @@ from billing import db
 from billing.clock import current_clock
 from billing.errors import DomainError, NotFound, ValidationFailed
 from billing.models import ApiClient, Reader
-from billing.services import api_clients, entitlements, trials
-from billing.services.entitlements import Decision
+from billing.services import api_clients, entitlements, groups, trials
+from billing.services.entitlements import Decision, Reason
 from billing.views import guards
 from billing.views.account import REASON_WORDS
 from billing.views.forms import ButtonForm
@@ -197,6 +197,9 @@ def access() -> ResponseReturnValue:
     reader = guards.reader() if current_user.is_authenticated else None
     token, decision = _token(reader, client, now)
     destination = f"{return_to}#{TOKEN_PARAMETER}={token}"
+    if decision.granted and reader is not None and decision.reason == Reason.GROUP_SEAT:
+        groups.note_reading(db.session(), reader, decision.group, now=now)
+        db.session().commit()
     if decision.granted or request.args.get("prompt") == "none":
         return _send_back(destination)
     days = int(current_app.config["TRIAL_DAYS"])

@@ -157,6 +157,13 @@ def _ip(value: Any, *, required: bool) -> str | None:
         raise ValidationFailed("This is not an IPv4 or IPv6 address.", field="ip") from exc
 
 
+def _address_decision(ip: str | None, now: datetime) -> Decision:
+    """The decision for an anonymous visitor from ``ip``: by the group office networks."""
+    if ip is None:
+        return Decision.refused()
+    return decision_cache.current().lookup_ip(db.session(), ip, now)
+
+
 def _json_object(members: tuple[str, ...]) -> dict[str, str]:
     """The request body as a JSON object of non-empty strings, with only ``members``."""
     body = request.get_json(force=True, silent=True)
@@ -188,7 +195,7 @@ def reader_entitlement(_client: AuthenticatedClient, now: datetime, reader_id: s
 def anonymous_entitlement(_client: AuthenticatedClient, now: datetime) -> Response:
     """May an anonymous visitor from ``?ip=`` read?"""
     ip = _ip(request.args.get("ip"), required=True)
-    return jsonify(_decision_body(entitlements.decide(None, now, ip=ip), None, now))
+    return jsonify(_decision_body(_address_decision(ip, now), None, now))
 
 
 @bp.post("/entitlement/check")
@@ -206,11 +213,11 @@ def check(client: AuthenticatedClient, now: datetime) -> Response:
         raise ValidationFailed("Send a token, a reader_id (and optionally ip), or an ip.")
     ip = _ip(body.get("ip"), required=reader_id is None)
     if reader_id is None:
-        return jsonify(_decision_body(entitlements.decide(None, now, ip=ip), None, now))
+        return jsonify(_decision_body(_address_decision(ip, now), None, now))
     entry = _cached_reader(db.session(), reader_id, now)
     decision = entry.decision
     if not decision.granted and ip is not None:
-        by_address = entitlements.decide(None, now, ip=ip)
+        by_address = _address_decision(ip, now)
         if by_address.granted:
             decision = by_address
     return jsonify(_decision_body(decision, entry.public_id, now))

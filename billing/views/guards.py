@@ -56,6 +56,12 @@ def safe_next(target: str | None, default: str) -> str:
 
 
 def decision_for(reader: Reader | None, now: datetime, ip: str | None = None) -> Decision:
-    """The entitlement decision, with the app's past-due grace: how pages ask ``decide``."""
+    """The entitlement decision, with the app's past-due grace: how pages ask ``decide``; an
+    anonymous visitor's by their address, from the office networks of groups."""
+    if reader is None and ip is not None:
+        from billing import db
+        from billing.services import decision_cache
+
+        return decision_cache.current().lookup_ip(db.session(), ip, now)
     grace = timedelta(days=int(current_app.config["PAST_DUE_GRACE_DAYS"]))
     return decide(reader, now, ip, past_due_grace=grace)

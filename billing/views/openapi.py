@@ -114,8 +114,9 @@ def build() -> dict[str, Any]:
         "schema": {"type": "string", "minLength": 1, "examples": ["rdr_3kTMdx0aQm1bZc4p"]},
     }
     ip_description = (
-        "The visitor's address (IPv4 or IPv6). Access by a group's office IP range arrives with "
-        "groups; until then an anonymous visitor is refused with `none`."
+        "The visitor's address (IPv4 or IPv6; an IPv4-mapped IPv6 address counts as its IPv4). "
+        "An address in an approved office range of a group with a valid subscription is granted "
+        "with `group_ip` and the group's `group_id`; any other is refused with `none`."
     )
     not_found_reader = _error_response(
         "No reader has this id (or it was deleted).", ["reader_not_found"]
@@ -179,7 +180,11 @@ def build() -> dict[str, Any]:
                     "description": "The reader's public id; null for an anonymous visitor.",
                 },
                 "plan": {**_NULLABLE_STRING, "description": "The plan access comes from."},
-                "group_id": {**_NULLABLE_STRING, "description": "The group access comes from."},
+                "group_id": {
+                    **_NULLABLE_STRING,
+                    "description": "The group that grants access (`group_seat`, `group_ip`); "
+                    "of several, the one whose access lasts longest. Null otherwise.",
+                },
                 "checked_at": {**_DATE_TIME, "description": "When Tollgate decided (UTC)."},
             },
         },

@@ -27,6 +27,7 @@ seed-demo``): ``TOLLGATE_URL``, ``TOLLGATE_CLIENT_ID``, ``TOLLGATE_API_KEY``,
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ DEV_API_KEY = "tg_newsdemo.demo-newspaper-key-for-local-use-only-00000"
 DEV_TOKEN_SECRET = "dev-secret-change-me"  # noqa: S105 - Tollgate's development secret
 DEV_NEWSPAPER_SECRET = "dev-newspaper-secret-change-me"  # noqa: S105
 TOKEN_SESSION_KEY = "tollgate"  # noqa: S105 - a name, not a secret
+VISITOR_ADDRESS_KEY = "dev_visitor_address"
 RENEWING_SESSION_KEY = "tollgate_renewing_since"
 API_TIMEOUT_SECONDS = 2.0
 
@@ -222,6 +224,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any
         "IP_CHECK_TTL": 60,
         "IP_CHECK_FAILURE_TTL": 10,
         "RENEW_RETRY_AFTER": 60,
+        "DEV_BROWSE_AS_ADDRESS": (env.get("NEWSPAPER_ENV") or "development") == "development",
         # Tollgate runs on the same host in the demo, and cookies do not care about ports.
         "SESSION_COOKIE_NAME": "meridian_session",
         "SESSION_COOKIE_HTTPONLY": True,
@@ -306,6 +309,16 @@ def _paywall() -> Paywall:
     return current_app.extensions["paywall"]  # type: ignore[no-any-return]
 
 
+def _visitor_address() -> str | None:
+    """The visitor's address (``remote_addr``, as the server or its trusted proxy set it); in
+    development, the one chosen at ``/dev/visit-from``."""
+    if current_app.config["DEV_BROWSE_AS_ADDRESS"]:
+        chosen = session.get(VISITOR_ADDRESS_KEY)
+        if isinstance(chosen, str):
+            return chosen
+    return request.remote_addr
+
+
 def _now() -> datetime:
     return current_app.config["CLOCK"].now()  # type: ignore[no-any-return]
 
@@ -374,7 +387,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if expired_grant and _may_renew(now):
             return redirect(_paywall().access_url(here, prompt="none"))
         if access is None or not access.granted:
-            by_network = _paywall().network_access(request.remote_addr, now)
+            by_network = _paywall().network_access(_visitor_address(), now)
             if by_network.granted:
                 access = by_network
         if access is not None and access.granted:
@@ -387,6 +400,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             refusal=REFUSAL_WORDS.get(reason or ""),
             access_url=_paywall().access_url(here),
         )
+
+    @app.get("/dev/visit-from")
+    def visit_from() -> Any:
+        """Development only: browse as a visitor from ``?ip=`` (empty: from your own address)."""
+        if not app.config["DEV_BROWSE_AS_ADDRESS"]:
+            abort(404)
+        wanted = (request.args.get("ip") or "").strip()
+        if not wanted:
+            session.pop(VISITOR_ADDRESS_KEY, None)
+        else:
+            try:
+                session[VISITOR_ADDRESS_KEY] = str(ipaddress.ip_address(wanted))
+            except ValueError:
+                return "Not an IP address.", 400
+        return redirect(url_for("front"))
 
     @app.post("/session")
     def store_token() -> Any:

@@ -1,0 +1,169 @@
+"""An organisation's way to group access, in a real browser against localstripe and the newspaper.
+
+The admin buys 3 seats with the test card, invites two colleagues, one accepts from the mail in
+the outbox and reads on the demo newspaper; a further invite is refused while seats are full;
+removing the member frees the seat; a visitor from the organisation's approved office network
+reads without logging in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from flask import Flask
+from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing.clock import FixedClock
+from billing.gateway import StripeGateway
+from billing.models import GroupIPRange
+from billing.services import api_clients, groups
+from tests import factories
+from tests.browser import LiveServer, serve
+from tests.conftest import TEST_SECRET
+from tests.e2e.test_subscribe_journey import fill_card, log_in
+from tests.payments_support import plans_on_sale
+from tests.stripe_server import LocalstripeServer
+from tests.test_newspaper import load_newspaper
+
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("stripe")]
+
+Screenshot = Callable[[Page, str], Path]
+ARTICLE = "/articles/veldoria-coalition-talks"
+OFFICE = "81.2.69.0/24"
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    """Real time, standing still: localstripe stamps its objects with the real clock."""
+    return FixedClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> Iterator[LiveServer]:
+    """The newspaper on a free port, registered with Tollgate, browsing as any address in dev."""
+
+    def build(url: str) -> Flask:
+        client, key = api_clients.create(
+            session,
+            name="The Daily Meridian",
+            scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],
+            allowed_origins=[url],
+            created_by=None,
+            now=clock.now(),
+        )
+        session.commit()
+        return load_newspaper().create_app(  # type: ignore[no-any-return]
+            {
+                "TOLLGATE_URL": live_server.url,
+                "TOLLGATE_CLIENT_ID": client.public_id,
+                "TOLLGATE_API_KEY": key,
+                "TOLLGATE_TOKEN_SECRETS": [TEST_SECRET],
+                "SECRET_KEY": "newspaper-e2e-secret",
+                "CLOCK": clock,
+                "DEV_BROWSE_AS_ADDRESS": True,
+            }
+        )
+
+    with serve(build, "the newspaper") as paper:
+        yield paper
+
+
+def log_out(page: Page) -> None:
+    """Log out from the header's button."""
+    page.get_by_role("button", name="Log out").click()
+
+
+def test_an_admin_buys_seats_invites_a_colleague_who_reads_and_the_office_reads_too(
+    page: Page,
+    browser: Browser,
+    live_server: LiveServer,
+    newspaper: LiveServer,
+    stripe: LocalstripeServer,
+    gateway: StripeGateway,
+    session: Session,
+    screenshot: Screenshot,
+) -> None:
+    plans_on_sale(session, gateway)
+    factories.reader(email="boss@ministry.example", name="The Boss")
+    factories.reader(email="ana@ministry.example", name="Ana")
+    staff = factories.reader(email="staff@ministry.example")
+    session.commit()
+
+    log_in(page, "boss@ministry.example")
+    page.goto("/groups/new")
+    page.get_by_label("Organisation name").fill("Example Ministry")
+    page.get_by_label("Seats").fill("3")
+    page.get_by_label("By card").check()
+    screenshot(page, "1-order")
+    page.get_by_role("button", name="Show the price").click()
+    expect(page.locator("[data-total]")).to_contain_text("€288.00")
+    screenshot(page, "2-price")
+    page.get_by_role("button", name="Continue to the card").click()
+    expect(page).to_have_url(re.compile(r"/groups/grp_[^/]+/pay"))
+    fill_card(page, "4242424242424242")
+    page.get_by_role("button", name=re.compile(r"^Pay ")).click()
+    expect(page.locator("[data-seat-use]")).to_contain_text("1 of 3 seats in use")
+    group_path = re.sub(r"^https?://[^/]+", "", page.url)
+    screenshot(page, "3-group")
+
+    page.get_by_label("E-mail addresses").fill("ana@ministry.example\nbo@ministry.example")
+    page.get_by_role("button", name="Invite").click()
+    expect(page.locator("[data-invite-report]")).to_contain_text(
+        "Invited: ana@ministry.example, bo@ministry.example"
+    )
+    page.get_by_label("E-mail addresses").fill("cy@ministry.example")
+    page.get_by_role("button", name="Invite").click()
+    expect(page.locator('[data-refused="cy@ministry.example"]')).to_contain_text("no seats left")
+    page.get_by_label("Network (CIDR)").fill(OFFICE)
+    page.get_by_role("button", name="Add network").click()
+    expect(page.locator(f'[data-range="{OFFICE}"]')).to_contain_text("waiting for approval")
+    screenshot(page, "4-invited")
+    log_out(page)
+
+    page.goto("/dev/outbox?" + urlencode({"to": "ana@ministry.example"}))
+    page.locator('a[href*="/join/"]').first.click()
+    expect(page.get_by_role("heading", name="Join Example Ministry")).to_be_visible()
+    page.get_by_role("link", name="log in with it").click()
+    page.locator("[name=email]").fill("ana@ministry.example")
+    page.locator("[name=password]").fill(factories.PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Join Example Ministry")).to_be_visible()
+    page.get_by_role("button", name="Take my seat").click()
+    expect(page.locator("[data-my-groups]")).to_contain_text("Example Ministry")
+    screenshot(page, "5-joined")
+
+    page.goto(newspaper.at(ARTICLE))
+    page.locator("[data-paywall]").get_by_role("link", name="Log in").click()
+    expect(page.locator("[data-article-body]")).to_be_visible()
+    expect(page.locator("[data-access]")).to_have_attribute("data-access", "group_seat")
+    screenshot(page, "6-reading")
+    log_out_page = live_server.at("/account")
+    page.goto(log_out_page)
+    log_out(page)
+
+    log_in(page, "boss@ministry.example")
+    page.goto(group_path)
+    expect(page.locator("[data-seat-use]")).to_contain_text("2 of 3 seats in use")
+    page.locator('[data-member="ana@ministry.example"]').get_by_role(
+        "button", name="Remove"
+    ).click()
+    expect(page.locator("[data-seat-use]")).to_contain_text("1 of 3 seats in use")
+    screenshot(page, "7-removed")
+
+    office = session.scalars(select(GroupIPRange)).one()
+    groups.decide_ip_range(session, staff, office.id, True, now=datetime.now(UTC))
+    session.commit()
+    visitor = browser.new_page()
+    visitor.goto(newspaper.at("/dev/visit-from?ip=81.2.69.10"))
+    visitor.goto(newspaper.at(ARTICLE))
+    expect(visitor.locator("[data-article-body]")).to_be_visible(timeout=5000)
+    expect(visitor.locator("[data-access]")).to_have_attribute("data-access", "group_ip")
+    screenshot(visitor, "8-office-visitor")
+    visitor.close()

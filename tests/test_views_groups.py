@@ -1,0 +1,330 @@
+"""Group pages against a real localstripe: buy seats by invoice and by card, invite, join."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing.clock import FixedClock
+from billing.gateway import StripeGateway
+from billing.models import (
+    AuditLog,
+    CollectionMethod,
+    Group,
+    GroupDomain,
+    Invoice,
+    InvoiceStatus,
+    Reader,
+    StaffRole,
+    Subscription,
+    SubscriptionEvent,
+    SubscriptionEventKind,
+    SubscriptionStatus,
+)
+from billing.services import api_clients, groups
+from billing.services.entitlements import Reason, decide
+from tests import factories
+from tests.conftest import Outbox, csrf_token, post_form
+from tests.payments_support import VISA, plans_on_sale, real_now
+from tests.stripe_server import LocalstripeServer
+
+pytestmark = pytest.mark.usefixtures("stripe")
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    """localstripe stamps its objects with the wall clock."""
+    return FixedClock(real_now())
+
+
+@pytest.fixture
+def gateway(app: object) -> StripeGateway:
+    from flask import current_app
+
+    return current_app.extensions["stripe_gateway"]  # type: ignore[no-any-return]
+
+
+def _login(client: FlaskClient, email: str) -> None:
+    response = post_form(client, "/login", {"email": email, "password": factories.PASSWORD})
+    assert response.status_code == 302
+
+
+ORDER = {
+    "name": "Example Ministry",
+    "billing_email": "accounts@ministry.example",
+    "country": "DE",
+    "vat_id": "DE 123 456 789",
+    "seats": "3",
+}
+
+
+def test_an_organisation_orders_seats_by_invoice_sees_the_price_first_and_pays_by_transfer(
+    client: FlaskClient, session: Session, gateway: StripeGateway
+) -> None:
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example")
+    session.commit()
+    _login(client, admin.email)
+    review = post_form(client, "/groups/new", {**ORDER, "payment": "invoice"})
+    page = review.get_data(as_text=True)
+    assert review.status_code == 200 and "data-quote" in page
+    assert "288.00" in page
+    assert session.scalars(select(Group)).first() is None  # nothing before confirming
+    token = csrf_token(client, "/groups/new")
+    done = client.post(
+        "/groups/new", data={**ORDER, "payment": "invoice", "confirm": "yes", "csrf_token": token}
+    )
+    assert done.status_code == 302
+    group = session.scalars(select(Group)).one()
+    assert (group.vat_id, group.country) == ("DE123456789", "DE")
+    subscription = session.scalars(select(Subscription)).one()
+    assert subscription.status == SubscriptionStatus.ACTIVE
+    assert subscription.collection_method == CollectionMethod.SEND_INVOICE
+    assert subscription.quantity == 3
+    invoice = session.scalars(select(Invoice)).one()
+    assert invoice.status == InvoiceStatus.OPEN
+
+    show = client.get(done.headers["Location"]).get_data(as_text=True)
+    assert "1</strong> of <strong>3</strong> seats in use" in show
+    paid = post_form(client, f"/groups/{group.public_id}", {}, follow_redirects=False)
+    assert paid.status_code == 405
+    path = f"/groups/{group.public_id}/dev/bank-transfer"
+    response = client.post(
+        path, data={"csrf_token": csrf_token(client, f"/groups/{group.public_id}")}
+    )
+    assert response.status_code == 302
+    session.expire_all()
+    assert session.scalars(select(Invoice)).one().status == InvoiceStatus.PAID
+
+
+def test_an_organisation_pays_by_card_and_invites_a_colleague_who_joins(
+    client: FlaskClient,
+    session: Session,
+    gateway: StripeGateway,
+    stripe: LocalstripeServer,
+    outbox: Outbox,
+) -> None:
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example")
+    colleague = factories.reader(email="ana@ministry.example")
+    session.commit()
+    _login(client, admin.email)
+    token = csrf_token(client, "/groups/new")
+    created = client.post(
+        "/groups/new", data={**ORDER, "payment": "card", "confirm": "yes", "csrf_token": token}
+    )
+    assert created.status_code == 302 and "/pay" in created.headers["Location"]
+    group = session.scalars(select(Group)).one()
+    secret = client.post(
+        f"/groups/{group.public_id}/setup-intent",
+        headers={"X-CSRFToken": csrf_token(client, created.headers["Location"])},
+    ).get_json()["client_secret"]
+    setup_intent_id = secret.split("_secret_")[0]
+    card = stripe.create_card(VISA)
+    stripe.confirm_setup_intent(setup_intent_id, card)
+    paid = post_form(client, created.headers["Location"], {"payment_method": card})
+    assert paid.status_code == 302, paid.get_data(as_text=True)
+    subscription = session.scalars(select(Subscription)).one()
+    assert (subscription.status, subscription.quantity) == (SubscriptionStatus.ACTIVE, 3)
+
+    show = f"/groups/{group.public_id}"
+    invited = post_form(client, f"{show}/invites", {"emails": "ana@ministry.example, nope"})
+    page = invited.get_data(as_text=True)
+    assert 'data-refused="nope"' in page and "Invited: ana@ministry.example" in page
+    link = outbox.last_link("ana@ministry.example", "/join/")
+
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/account")})
+    assert "Create an account with ana@ministry.example" in client.get(link).get_data(as_text=True)
+    _login(client, colleague.email)
+    joined = post_form(client, link, {})
+    assert joined.status_code == 302
+    again = client.get(link)
+    assert again.status_code == 410 and "already used" in again.get_data(as_text=True)
+
+
+def _group_by_invoice(client: FlaskClient, session: Session, gateway: StripeGateway) -> Group:
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example")
+    session.commit()
+    _login(client, admin.email)
+    token = csrf_token(client, "/groups/new")
+    response = client.post(
+        "/groups/new", data={**ORDER, "payment": "invoice", "confirm": "yes", "csrf_token": token}
+    )
+    assert response.status_code == 302
+    return session.scalars(select(Group)).one()
+
+
+def test_seats_change_on_stripe_after_the_price_difference_is_shown_never_below_the_members(
+    client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    group = _group_by_invoice(client, session, gateway)
+    show = f"/groups/{group.public_id}"
+    preview = post_form(client, f"{show}/seats", {"seats": "5"})
+    page = preview.get_data(as_text=True)
+    assert "From 3 to 5 seats" in page and "192.00" in page  # 2 seats for the (whole) year
+    session.expire_all()
+    assert session.scalars(select(Subscription)).one().quantity == 3  # not before confirming
+    confirmed = post_form(client, f"{show}/seats", {"seats": "5", "confirm": "yes"})
+    assert confirmed.status_code == 302
+    session.expire_all()
+    subscription = session.scalars(select(Subscription)).one()
+    assert subscription.quantity == 5
+    assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 5
+    kinds = [e.kind for e in session.scalars(select(SubscriptionEvent))]
+    assert SubscriptionEventKind.SEATS_CHANGED in kinds
+    assert session.scalars(
+        select(AuditLog).where(AuditLog.action == "group.seats_changed")
+    ).one().details == {"from": 3, "to": 5}
+
+    for _ in range(3):
+        groups.claim_seat(session, group, factories.reader(), now=clock.now())
+    session.commit()
+    refused = post_form(client, f"{show}/seats", {"seats": "3", "confirm": "yes"})
+    assert refused.status_code == 400
+    assert "4 seats are in use" in refused.get_data(as_text=True)
+    assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 5
+
+
+def test_staff_approve_a_domain_and_readers_of_it_join_from_their_organisations_page(
+    client: FlaskClient, session: Session, gateway: StripeGateway
+) -> None:
+    group = _group_by_invoice(client, session, gateway)
+    added = post_form(client, f"/groups/{group.public_id}", {"domain": "ministry.example"})
+    assert added.status_code == 405
+    added = client.post(
+        f"/groups/{group.public_id}/domains",
+        data={
+            "domain": "gmail.com",
+            "csrf_token": csrf_token(client, f"/groups/{group.public_id}"),
+        },
+    )
+    assert added.status_code == 400 and "webmail" in added.get_data(as_text=True)
+    client.post(
+        f"/groups/{group.public_id}/domains",
+        data={
+            "domain": "ministry.example",
+            "csrf_token": csrf_token(client, f"/groups/{group.public_id}"),
+        },
+    )
+    domain = session.scalars(select(GroupDomain)).one()
+    assert domain.approved_at is None
+    assert client.get("/staff/groups").status_code == 403  # an admin of a group is not staff
+
+    factories.reader(email="support@example.org", staff_role=StaffRole.SUPPORT)
+    factories.reader(email="ana@ministry.example")
+    session.commit()
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/account")})
+    _login(client, "support@example.org")
+    listing = client.get("/staff/groups").get_data(as_text=True)
+    assert 'data-pending-domain="ministry.example"' in listing
+    approved = client.post(
+        f"/staff/groups/domains/{domain.id}?approve=1",
+        data={"csrf_token": csrf_token(client, "/staff/groups")},
+    )
+    assert approved.status_code == 302
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/account")})
+
+    _login(client, "ana@ministry.example")
+    page = client.get("/groups").get_data(as_text=True)
+    assert f'data-join="{group.public_id}"' in page
+    joined = client.post(
+        f"/groups/{group.public_id}/join", data={"csrf_token": csrf_token(client, "/groups")}
+    )
+    assert joined.status_code == 302
+    assert "you have a seat" in client.get("/groups").get_data(as_text=True)
+
+
+def test_the_api_grants_a_visitor_from_an_approved_range_naming_the_group(
+    client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    group = _group_by_invoice(client, session, gateway)
+    staff = factories.reader(staff_role=StaffRole.SUPPORT)
+    groups.staff_add_private_range(
+        session,
+        staff,
+        group,
+        "203.0.113.0/24",
+        label="Office",
+        rules=groups.GroupRules(),
+        now=clock.now(),
+    )
+    _client, key = api_clients.create(
+        session,
+        name="site",
+        scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],
+        allowed_origins=[],
+        created_by=None,
+        now=clock.now(),
+    )
+    session.commit()
+    headers = {"Authorization": f"Bearer {key}"}
+    inside = client.get("/api/v1/entitlement?ip=203.0.113.10", headers=headers).get_json()
+    assert (inside["granted"], inside["reason"], inside["group_id"]) == (
+        True,
+        "group_ip",
+        group.public_id,
+    )
+    outside = client.get("/api/v1/entitlement?ip=203.0.114.1", headers=headers).get_json()
+    assert (outside["granted"], outside["reason"], outside["group_id"]) == (False, "none", None)
+
+
+def test_an_admin_cancels_at_the_end_of_the_year_members_read_until_then_and_renews_again(
+    client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    group = _group_by_invoice(client, session, gateway)
+    member = factories.reader()
+    groups.claim_seat(session, group, member, now=clock.now())
+    session.commit()
+    show = f"/groups/{group.public_id}"
+    cancelled = client.post(
+        f"{show}/renewal?renew=0", data={"csrf_token": csrf_token(client, show)}
+    )
+    assert cancelled.status_code == 302
+    session.expire_all()
+    subscription = session.scalars(select(Subscription)).one()
+    assert subscription.cancel_at_period_end
+    assert gateway.retrieve_subscription(subscription.stripe_id).cancel_at_period_end
+    decision = decide(session.get_one(Reader, member.id), clock.now())
+    assert (decision.reason, decision.until) == (Reason.GROUP_SEAT, subscription.current_period_end)
+    assert "Renew again" in client.get(show).get_data(as_text=True)
+    client.post(f"{show}/renewal?renew=1", data={"csrf_token": csrf_token(client, show)})
+    session.expire_all()
+    assert not session.scalars(select(Subscription)).one().cancel_at_period_end
+
+
+def test_an_overdue_invoice_makes_the_group_past_due_and_mails_billing_and_admins_once(
+    client: FlaskClient,
+    session: Session,
+    gateway: StripeGateway,
+    runner: FlaskCliRunner,
+    outbox: Outbox,
+    clock: FixedClock,
+) -> None:
+    client.application.config["GROUP_INVOICE_DAYS_UNTIL_DUE"] = 0  # due at once
+    group = _group_by_invoice(client, session, gateway)
+    member = factories.reader()
+    groups.claim_seat(session, group, member, now=clock.now())
+    session.commit()
+    time.sleep(1.1)  # localstripe's due dates run on the wall clock, in whole seconds
+    result = runner.invoke(args=["billing", "tick"])
+    assert result.exit_code == 0, result.output
+    assert "invoices: 1/1" in result.output  # the tick looked at the open invoice
+    session.expire_all()
+    subscription = session.scalars(select(Subscription)).one()
+    assert subscription.status == SubscriptionStatus.PAST_DUE
+    subjects = {(m.to, m.subject) for m in outbox.all() if "overdue" in m.subject}
+    assert subjects == {
+        ("accounts@ministry.example", "Example Ministry: a payment of €288.00 is overdue"),
+        ("boss@ministry.example", "Example Ministry: a payment of €288.00 is overdue"),
+    }
+    reader = session.get_one(Reader, member.id)
+    assert decide(reader, clock.now()).reason == Reason.GROUP_SEAT
+    assert decide(reader, clock.now() + timedelta(days=8)).reason == Reason.NONE
+    runner.invoke(args=["billing", "tick"])
+    assert len([m for m in outbox.all() if "overdue" in m.subject]) == 2

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import math
 import re
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -21,7 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy.orm import Session
 
-from billing import db
+from billing import db, inputs
 from billing.clock import current_clock
 from billing.errors import NotFound, ValidationFailed, error_body
 from billing.extensions import limiter
@@ -44,6 +42,9 @@ bp = Blueprint("api", __name__)
 """Mounted at ``/api/v1`` as its own app by :func:`billing.views.mount_api`."""
 
 _READER_ID = re.compile(r"rdr_[A-Za-z0-9_-]{1,28}")
+_IP_CHARACTERS = re.compile(r"[0-9A-Fa-f:.]+")
+IP_MAX_LENGTH = 45
+"""The longest textual IP address (IPv6 with an embedded IPv4 address)."""
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _CHECK_MEMBERS = ("token", "reader_id", "ip")
 
@@ -61,9 +62,6 @@ def _setup(state: BlueprintSetupState) -> None:
 @bp.after_request
 def _no_store(response: Response) -> Response:
     response.headers.setdefault("Cache-Control", "no-store")
-    if response.status_code == 429 and (breached := limiter.current_limit) is not None:
-        wait = breached.reset_at - time.time()  # the limiter's windows run on the wall clock
-        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return response
 
 
@@ -146,20 +144,26 @@ def _cached_reader(session: Session, reader_id: str, now: datetime) -> CachedRea
 
 
 def _ip(value: Any, *, required: bool) -> str | None:
-    """The address in ``value``, normalised; ValidationFailed naming ``ip`` otherwise."""
+    """The address in ``value``, normalised; ValidationFailed naming ``ip`` otherwise.
+
+    Strict: a plain IPv4 or IPv6 address of at most :data:`IP_MAX_LENGTH` characters, without
+    spaces, brackets, a port, a prefix length or an IPv6 zone id (``fe80::1%eth0``).
+    """
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value:
         raise ValidationFailed("Give the visitor's IP address.", field="ip")
+    if len(value) > IP_MAX_LENGTH or not _IP_CHARACTERS.fullmatch(value):
+        raise ValidationFailed("This is not an IPv4 or IPv6 address.", field="ip")
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        return str(ipaddress.ip_address(value))
     except ValueError as exc:
         raise ValidationFailed("This is not an IPv4 or IPv6 address.", field="ip") from exc
 
 
 def _json_object(members: tuple[str, ...]) -> dict[str, str]:
     """The request body as a JSON object of non-empty strings, with only ``members``."""
-    body = request.get_json(force=True, silent=True)
+    body = inputs.json_body()
     if not isinstance(body, dict):
         raise ValidationFailed("The body must be a JSON object.", field=None)
     for name, value in body.items():

@@ -565,6 +565,32 @@ def test_token_issue_is_rate_limited_per_key(
     assert issue(client, second, reader.public_id).status_code == 201
 
 
+def test_token_issues_and_look_ups_share_one_budget_per_key(
+    make_key: KeyMaker, client: FlaskClient, tick: FakeMonotonic
+) -> None:
+    client.application.config["RATELIMIT_API"] = "3 per minute"
+    reader = _committed(_subscribed(reader=factories.reader(email="ada@example.org")))
+    first, second = make_key(), make_key(name="Other")
+
+    statuses = [
+        issue(client, first, reader.public_id).status_code,
+        client.get(f"/api/v1/readers/{reader.public_id}", headers=auth(first)).status_code,
+        client.get("/api/v1/readers?email=ada@example.org", headers=auth(first)).status_code,
+        # the same key, spelt differently, is the same budget
+        client.get(
+            f"/api/v1/readers/{reader.public_id}", headers={"Authorization": f"bearer  {first} "}
+        ).status_code,
+        issue(client, first, reader.public_id).status_code,
+    ]
+
+    assert statuses == [201, 200, 200, 429, 429]
+    assert issue(client, second, reader.public_id).status_code == 201
+    entitlement_check = client.get(
+        f"/api/v1/readers/{reader.public_id}/entitlement", headers=auth(first)
+    )
+    assert entitlement_check.status_code == 200  # entitlement checks are not limited
+
+
 # Reader look-ups ---------------------------------------------------------------------------
 
 

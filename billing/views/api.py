@@ -113,7 +113,11 @@ def _rate_limit() -> str:
 
 def _rate_key() -> str:
     """Rate-limit bucket: the presented key (hashed), so one client cannot starve another."""
-    return "api:" + hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()
+    return "api:" + hashlib.sha256((_bearer_key() or "").encode()).hexdigest()
+
+
+api_budget = limiter.shared_limit(_rate_limit, scope="api-key", key_func=_rate_key)
+"""One budget per API key, shared by token issues and reader look-ups (``RATELIMIT_API``)."""
 
 
 def _time(moment: datetime | None) -> str | None:
@@ -254,7 +258,7 @@ def _token_decision(client: AuthenticatedClient, token: str, now: datetime) -> d
 
 
 @bp.post("/tokens")
-@limiter.limit(_rate_limit, key_func=_rate_key)
+@api_budget
 @requires(SCOPE_TOKENS_ISSUE)
 def issue_token(client: AuthenticatedClient, now: datetime) -> tuple[Response, int]:
     """Sign the reader's current decision into an access token."""
@@ -295,7 +299,7 @@ def _reader_body(session: Session, reader: Reader, now: datetime) -> dict[str, A
 
 
 @bp.get("/readers/<reader_id>")
-@limiter.limit(_rate_limit, key_func=_rate_key)
+@api_budget
 @requires(SCOPE_READERS_READ)
 def reader(_client: AuthenticatedClient, now: datetime, reader_id: str) -> Response:
     """A reader for support: account, trial and decision."""
@@ -307,7 +311,7 @@ def reader(_client: AuthenticatedClient, now: datetime, reader_id: str) -> Respo
 
 
 @bp.get("/readers")
-@limiter.limit(_rate_limit, key_func=_rate_key)
+@api_budget
 @requires(SCOPE_READERS_READ)
 def reader_by_email(_client: AuthenticatedClient, now: datetime) -> Response:
     """A reader for support, found by login e-mail address (normalised first)."""

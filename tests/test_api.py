@@ -619,6 +619,22 @@ def test_support_looks_a_reader_up_by_id(client: FlaskClient, key: str) -> None:
     }
 
 
+def test_a_trial_whose_time_is_over_is_expired_in_the_look_up_before_tick_runs(
+    client: FlaskClient, key: str, clock: FixedClock
+) -> None:
+    trial = factories.TrialFactory(reader=factories.reader(email="ada@example.org"))
+    reader = _committed(trial.reader)
+
+    clock.advance(timedelta(days=14))
+    body = client.get(f"/api/v1/readers/{reader.public_id}", headers=auth(key)).get_json()
+
+    assert body["trial"]["status"] == "expired"
+    assert body["entitlement"]["reason"] == "trial_expired"
+    clock.advance(timedelta(seconds=-1))
+    body = client.get(f"/api/v1/readers/{reader.public_id}", headers=auth(key)).get_json()
+    assert body["trial"]["status"] == "active"
+
+
 def test_support_looks_a_reader_up_by_normalised_email(client: FlaskClient, key: str) -> None:
     reader = _committed(factories.reader(email="ada@example.org", email_verified_at=None))
 

@@ -290,7 +290,7 @@ def _reader_body(session: Session, reader: Reader, now: datetime) -> dict[str, A
         "trial": None
         if trial is None
         else {
-            "status": trial.status.value,
+            "status": trial.status_at(now).value,
             "started_at": _time(trial.started_at),
             "ends_at": _time(trial.ends_at),
         },

@@ -64,7 +64,7 @@ def check_text(value: str, field: str | None) -> None:
     if found is None:
         return
     what = "a NUL byte" if found.group() == "\x00" else "a lone surrogate (not a character)"
-    where = f"{field} contains" if field else "A name in the request contains"
+    where = f"The field “{field}” contains" if field else "A name in the request contains"
     raise InvalidText(f"{where} {what}, which no text may hold.", field=field)
 
 

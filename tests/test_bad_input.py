@@ -100,7 +100,7 @@ def test_a_nul_byte_in_the_signup_name_is_a_400_naming_the_field_and_creates_not
     }
     response = post_form(client, "/signup", data)
 
-    assert_page_error(response, 400, "name contains a NUL byte")
+    assert_page_error(response, 400, "“name” contains a NUL byte")
     assert count(session, Reader) == 0
 
 
@@ -112,7 +112,7 @@ def test_a_nul_byte_in_the_access_client_is_refused_on_the_bad_link_page(
     assert response.status_code == 400
     page = response.get_data(as_text=True)
     assert 'data-problem="bad_access_link"' in page
-    assert "client contains a NUL byte" in page
+    assert "“client” contains a NUL byte" in page
 
 
 def test_a_nul_byte_in_the_staff_search_is_a_400_naming_the_field(
@@ -120,7 +120,7 @@ def test_a_nul_byte_in_the_staff_search_is_a_400_naming_the_field(
 ) -> None:
     response = client.get("/staff/readers?q=ada%00")
 
-    assert_page_error(response, 400, "q contains a NUL byte")
+    assert_page_error(response, 400, "“q” contains a NUL byte")
 
 
 def test_a_nul_byte_in_a_new_api_clients_name_is_a_400_and_creates_no_client(
@@ -129,7 +129,7 @@ def test_a_nul_byte_in_a_new_api_clients_name_is_a_400_and_creates_no_client(
     data = {"name": f"Site{NUL}", "scopes": "entitlements:read", "allowed_origins": ""}
     response = post_form(client, "/staff/api-clients/new", data)
 
-    assert_page_error(response, 400, "name contains a NUL byte")
+    assert_page_error(response, 400, "“name” contains a NUL byte")
     assert count(session, ApiClient) == 0
 
 
@@ -140,13 +140,13 @@ def test_a_nul_byte_in_an_api_client_id_is_a_400_naming_the_field(
     token = csrf_token(client, "/staff/api-clients")
     response = client.post(f"/staff/api-clients/cli_%00/{action}", data={"csrf_token": token})
 
-    assert_page_error(response, 400, "public_id contains a NUL byte")
+    assert_page_error(response, 400, "“public_id” contains a NUL byte")
 
 
 def test_a_nul_byte_in_the_outbox_filter_is_a_400_naming_the_field(client: FlaskClient) -> None:
     response = client.get("/dev/outbox?to=a%00@example.org")
 
-    assert_page_error(response, 400, "to contains a NUL byte")
+    assert_page_error(response, 400, "“to” contains a NUL byte")
 
 
 def test_a_nul_byte_in_a_reader_id_of_the_api_is_a_400_naming_the_field(

@@ -29,6 +29,10 @@ from billing.errors import DomainError, ValidationFailed
 
 MAX_JSON_DEPTH = 32
 """How deeply arrays and objects may nest in a JSON body (the API's bodies are one level deep)."""
+IP_MAX_LENGTH = 45
+"""The longest textual IP address (IPv6 with an embedded IPv4 address)."""
+EMAIL_MAX_LENGTH = 254
+"""The longest e-mail address (RFC 5321's path limit less its angle brackets)."""
 JSON_MIMETYPE = "application/json"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _FORBIDDEN = re.compile("[\x00\ud800-\udfff]")

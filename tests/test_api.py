@@ -673,6 +673,24 @@ def test_a_missing_or_bad_email_is_a_400_naming_email(
     assert error_of(response)["field"] == "email"
 
 
+@pytest.mark.parametrize("email", ["a@b.test", '"a b"@example.org', "a@[192.0.2.1]", "a@b"])
+def test_an_address_sign_up_would_refuse_is_no_reader_s_a_404(
+    client: FlaskClient, key: str, email: str
+) -> None:
+    response = client.get("/api/v1/readers", query_string={"email": email}, headers=auth(key))
+
+    assert response.status_code == 404
+    assert error_of(response)["field"] == "email"
+
+
+def test_an_over_long_email_is_a_400_naming_email(client: FlaskClient, key: str) -> None:
+    email = "a" * 250 + "@b.org"
+    response = client.get("/api/v1/readers", query_string={"email": email}, headers=auth(key))
+
+    assert response.status_code == 400
+    assert error_of(response)["field"] == "email"
+
+
 def test_an_unknown_reader_id_lookup_is_a_404(client: FlaskClient, key: str) -> None:
     response = client.get("/api/v1/readers/rdr_nobody000000000", headers=auth(key))
 

@@ -205,6 +205,23 @@ def test_an_encoded_surrogate_in_a_form_field_stays_percent_encoded_not_a_500(
     assert reader.name == "Ada%ED%A0%80"  # bytes that are not UTF-8 stay as they were sent
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/v1/entitlement?ip=192.0.2.1&ipp=1", "ipp"),
+        ("/api/v1/readers?email=a@example.org&=x", None),
+        ("/api/v1/readers/rdr_x/entitlement?debug=1", "debug"),
+    ],
+)
+def test_an_unknown_query_parameter_of_the_api_is_a_400_naming_it(
+    client: FlaskClient, api_key: str, path: str, field: str | None
+) -> None:
+    response = client.get(path, headers=auth(api_key))
+
+    assert_json_error(response, 400, field)
+    assert "Unknown query parameter" in response.get_json()["error"]["message"]
+
+
 # --- JSON: depth, encoding, numbers ---------------------------------------------------------
 
 

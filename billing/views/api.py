@@ -43,7 +43,6 @@ bp = Blueprint("api", __name__)
 
 _READER_ID = re.compile(r"rdr_[A-Za-z0-9_-]{1,28}")
 _IP_CHARACTERS = re.compile(r"[0-9A-Fa-f:.]+")
-IP_MAX_LENGTH = 45
 """The longest textual IP address (IPv6 with an embedded IPv4 address)."""
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _CHECK_MEMBERS = ("token", "reader_id", "ip")
@@ -87,8 +86,12 @@ def _bearer_key() -> str | None:
     return key.strip() or None
 
 
-def requires(scope: str) -> Callable[[View], View]:
-    """Authenticate the API key, record its use, check ``scope``; the view gets client and now."""
+def requires(scope: str, *, query: tuple[str, ...] = ()) -> Callable[[View], View]:
+    """Authenticate the API key, record its use, check ``scope``; the view gets client and now.
+
+    A query parameter other than those in ``query`` is refused (400 naming it), so a misspelt
+    one never passes for absent.
+    """
 
     def decorator(view: View) -> View:
         @wraps(view)
@@ -100,11 +103,23 @@ def requires(scope: str) -> Callable[[View], View]:
             if api_clients.record_use(session, client, now=now, cache=cache):
                 session.commit()
             api_clients.require_scope(client, scope)
+            if request.args:
+                _only_query(query)
             return view(client, now, **kwargs)
 
         return wrapped
 
     return decorator
+
+
+def _only_query(allowed: tuple[str, ...]) -> None:
+    for name in request.args:
+        if name not in allowed:
+            expected = ", ".join(allowed) if allowed else "no query parameters"
+            raise ValidationFailed(
+                f"Unknown query parameter {name!r}; this operation takes {expected}.",
+                field=name or None,
+            )
 
 
 def _rate_limit() -> str:
@@ -150,14 +165,15 @@ def _cached_reader(session: Session, reader_id: str, now: datetime) -> CachedRea
 def _ip(value: Any, *, required: bool) -> str | None:
     """The address in ``value``, normalised; ValidationFailed naming ``ip`` otherwise.
 
-    Strict: a plain IPv4 or IPv6 address of at most :data:`IP_MAX_LENGTH` characters, without
-    spaces, brackets, a port, a prefix length or an IPv6 zone id (``fe80::1%eth0``).
+    Strict: a plain IPv4 or IPv6 address of at most :data:`~billing.inputs.IP_MAX_LENGTH`
+    characters, without spaces, brackets, a port, a prefix length or an IPv6 zone id
+    (``fe80::1%eth0``).
     """
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value:
         raise ValidationFailed("Give the visitor's IP address.", field="ip")
-    if len(value) > IP_MAX_LENGTH or not _IP_CHARACTERS.fullmatch(value):
+    if len(value) > inputs.IP_MAX_LENGTH or not _IP_CHARACTERS.fullmatch(value):
         raise ValidationFailed("This is not an IPv4 or IPv6 address.", field="ip")
     try:
         return str(ipaddress.ip_address(value))
@@ -192,7 +208,7 @@ def reader_entitlement(_client: AuthenticatedClient, now: datetime, reader_id: s
 
 
 @bp.get("/entitlement")
-@requires(SCOPE_ENTITLEMENTS_READ)
+@requires(SCOPE_ENTITLEMENTS_READ, query=("ip",))
 def anonymous_entitlement(_client: AuthenticatedClient, now: datetime) -> Response:
     """May an anonymous visitor from ``?ip=`` read?"""
     ip = _ip(request.args.get("ip"), required=True)
@@ -312,16 +328,26 @@ def reader(_client: AuthenticatedClient, now: datetime, reader_id: str) -> Respo
 
 @bp.get("/readers")
 @api_budget
-@requires(SCOPE_READERS_READ)
+@requires(SCOPE_READERS_READ, query=("email",))
 def reader_by_email(_client: AuthenticatedClient, now: datetime) -> Response:
     """A reader for support, found by login e-mail address (normalised first)."""
     raw = request.args.get("email")
     if raw is None:
         raise ValidationFailed("Give the e-mail address to look for.", field="email")
+    local, at, domain = raw.strip().rpartition("@")
+    if not (local and at and domain) or len(raw) > inputs.EMAIL_MAX_LENGTH:
+        raise ValidationFailed("This is not an e-mail address.", field="email")
+    not_found = ReaderNotFound("No reader has this e-mail address.", field="email")
+    try:
+        address = accounts.normalise_email(raw, field="email")
+    except ValidationFailed as exc:
+        # An address, but not one sign-up accepts (a quoted local part, a .test domain): no
+        # reader can have it.
+        raise not_found from exc
     session = db.session()
-    found = accounts.find_by_email(session, accounts.normalise_email(raw, field="email"))
+    found = accounts.find_by_email(session, address)
     if found is None:
-        raise ReaderNotFound("No reader has this e-mail address.", field="email")
+        raise not_found
     return jsonify(_reader_body(session, found, now))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from billing.inputs import EMAIL_MAX_LENGTH, IP_MAX_LENGTH
 from billing.services.api_clients import (
     SCOPE_DESCRIPTIONS,
     SCOPE_ENTITLEMENTS_READ,
@@ -46,7 +47,7 @@ _READER_ID_SCHEMA = {
 _IP_SCHEMA = {
     "type": "string",
     "minLength": 2,
-    "maxLength": 45,
+    "maxLength": IP_MAX_LENGTH,
     "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
     "examples": ["192.0.2.10", "2001:db8::1"],
 }
@@ -55,7 +56,7 @@ _EMAIL_SCHEMA = {
     "type": "string",
     "format": "email",
     "minLength": 3,
-    "maxLength": 254,
+    "maxLength": EMAIL_MAX_LENGTH,
     "examples": ["reader@example.org"],
 }
 

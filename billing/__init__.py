@@ -13,7 +13,7 @@ from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from billing import config as settings
-from billing import db, errors
+from billing import db, errors, inputs
 from billing.clock import SystemClock
 from billing.extensions import csrf, limiter, login_manager
 from billing.gateway import StripeGateway
@@ -43,6 +43,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     _init_extensions(app)
     errors.init_app(app)
+    inputs.init_app(app)
     app.extensions["token_signer"] = TokenSigner(
         app.config["SECRET_KEYS"], ttl=timedelta(seconds=app.config["ACCESS_TOKEN_TTL"])
     )

@@ -65,7 +65,11 @@ SETTINGS: tuple[Setting, ...] = (
         "`smtp://user:pass@host:587` (STARTTLS) or `smtps://...`; empty: mail goes to the console and the dev outbox",
     ),
     Setting("MAIL_FROM", "Tollgate <no-reply@example.org>", "sender of every mail"),
-    Setting("REDIS_URL", "", "Redis for rate-limit counters; empty: in-process memory"),
+    Setting(
+        "REDIS_URL",
+        "",
+        "Redis for rate-limit counters; empty: each process counts on its own, in memory (with N gunicorn workers a client gets up to N times each limit)",
+    ),
     Setting("RATELIMIT_LOGIN", "10 per minute;50 per hour", "login attempts per client address"),
     Setting("RATELIMIT_SIGNUP", "5 per minute;30 per hour", "sign-ups per client address"),
     Setting(
@@ -133,6 +137,16 @@ SETTINGS: tuple[Setting, ...] = (
         "PROMETHEUS_MULTIPROC_DIR",
         "",
         "an empty directory shared by the gunicorn workers, so `/metrics` adds up all of them (read by prometheus-client)",
+    ),
+    Setting(
+        "MAX_CONTENT_LENGTH",
+        "1048576",
+        "largest request body in bytes, for every page, the API and webhooks; larger is refused with 413 before it is read",
+    ),
+    Setting(
+        "MAX_URL_LENGTH",
+        "8000",
+        "longest request address (path and query) in characters; longer is refused with 414",
     ),
     Setting(
         "PROXY_FIX_X_FOR",
@@ -223,6 +237,8 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "GROUP_IDLE_DAYS": number("GROUP_IDLE_DAYS"),
         "GROUP_WIDEST_IPV4": number("GROUP_WIDEST_IPV4"),
         "GROUP_WIDEST_IPV6": number("GROUP_WIDEST_IPV6"),
+        "MAX_CONTENT_LENGTH": number("MAX_CONTENT_LENGTH"),
+        "MAX_URL_LENGTH": number("MAX_URL_LENGTH"),
         "SESSION_COOKIE_SECURE": production,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -565,6 +565,32 @@ def test_token_issue_is_rate_limited_per_key(
     assert issue(client, second, reader.public_id).status_code == 201
 
 
+def test_token_issues_and_look_ups_share_one_budget_per_key(
+    make_key: KeyMaker, client: FlaskClient, tick: FakeMonotonic
+) -> None:
+    client.application.config["RATELIMIT_API"] = "3 per minute"
+    reader = _committed(_subscribed(reader=factories.reader(email="ada@example.org")))
+    first, second = make_key(), make_key(name="Other")
+
+    statuses = [
+        issue(client, first, reader.public_id).status_code,
+        client.get(f"/api/v1/readers/{reader.public_id}", headers=auth(first)).status_code,
+        client.get("/api/v1/readers?email=ada@example.org", headers=auth(first)).status_code,
+        # the same key, spelt differently, is the same budget
+        client.get(
+            f"/api/v1/readers/{reader.public_id}", headers={"Authorization": f"bearer  {first} "}
+        ).status_code,
+        issue(client, first, reader.public_id).status_code,
+    ]
+
+    assert statuses == [201, 200, 200, 429, 429]
+    assert issue(client, second, reader.public_id).status_code == 201
+    entitlement_check = client.get(
+        f"/api/v1/readers/{reader.public_id}/entitlement", headers=auth(first)
+    )
+    assert entitlement_check.status_code == 200  # entitlement checks are not limited
+
+
 # Reader look-ups ---------------------------------------------------------------------------
 
 
@@ -591,6 +617,22 @@ def test_support_looks_a_reader_up_by_id(client: FlaskClient, key: str) -> None:
         },
         "entitlement": entitlement(client, key, reader),
     }
+
+
+def test_a_trial_whose_time_is_over_is_expired_in_the_look_up_before_tick_runs(
+    client: FlaskClient, key: str, clock: FixedClock
+) -> None:
+    trial = factories.TrialFactory(reader=factories.reader(email="ada@example.org"))
+    reader = _committed(trial.reader)
+
+    clock.advance(timedelta(days=14))
+    body = client.get(f"/api/v1/readers/{reader.public_id}", headers=auth(key)).get_json()
+
+    assert body["trial"]["status"] == "expired"
+    assert body["entitlement"]["reason"] == "trial_expired"
+    clock.advance(timedelta(seconds=-1))
+    body = client.get(f"/api/v1/readers/{reader.public_id}", headers=auth(key)).get_json()
+    assert body["trial"]["status"] == "active"
 
 
 def test_support_looks_a_reader_up_by_normalised_email(client: FlaskClient, key: str) -> None:
@@ -626,6 +668,24 @@ def test_a_missing_or_bad_email_is_a_400_naming_email(
     client: FlaskClient, key: str, query: dict[str, str]
 ) -> None:
     response = client.get("/api/v1/readers", query_string=query, headers=auth(key))
+
+    assert response.status_code == 400
+    assert error_of(response)["field"] == "email"
+
+
+@pytest.mark.parametrize("email", ["a@b.test", '"a b"@example.org', "a@[192.0.2.1]", "a@b"])
+def test_an_address_sign_up_would_refuse_is_no_reader_s_a_404(
+    client: FlaskClient, key: str, email: str
+) -> None:
+    response = client.get("/api/v1/readers", query_string={"email": email}, headers=auth(key))
+
+    assert response.status_code == 404
+    assert error_of(response)["field"] == "email"
+
+
+def test_an_over_long_email_is_a_400_naming_email(client: FlaskClient, key: str) -> None:
+    email = "a" * 250 + "@b.org"
+    response = client.get("/api/v1/readers", query_string={"email": email}, headers=auth(key))
 
     assert response.status_code == 400
     assert error_of(response)["field"] == "email"

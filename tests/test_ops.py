@@ -77,7 +77,7 @@ def test_an_unknown_api_path_answers_json_in_the_one_error_shape(client: FlaskCl
 def test_an_unknown_page_answers_html(client: FlaskClient) -> None:
     response = client.get("/nothing-here", headers={"Accept": "text/html"})
     assert response.status_code == 404
-    assert "<h1>Not found</h1>" in response.get_data(as_text=True)
+    assert "<h1>Page not found</h1>" in response.get_data(as_text=True)
 
 
 def _counter(client: FlaskClient, sample: str) -> float:

@@ -381,7 +381,7 @@ def test_a_form_posted_without_its_csrf_token_is_refused(
 ) -> None:
     response = client.post(path, data=data)
     assert response.status_code == 400
-    assert "CSRF" in response.get_data(as_text=True)
+    assert "This form has expired" in response.get_data(as_text=True)
     assert count_readers(session) == 1
 
 

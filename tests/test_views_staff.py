@@ -195,3 +195,51 @@ def test_the_header_offers_staff_pages_by_role(
     login(client, factories.reader(staff_role=role))
     header = client.get("/account").get_data(as_text=True).split("</header>")[0]
     assert {name for name in ("Readers", "API clients") if f">{name}</a>" in header} == links
+
+
+# The staff home ------------------------------------------------------------------------------
+
+
+def test_staff_alone_leads_to_the_staff_home(client: FlaskClient, staff: Reader) -> None:
+    response = client.get("/staff")
+
+    assert response.status_code == 308
+    assert response.headers["Location"].endswith("/staff/")
+
+
+@pytest.mark.parametrize(
+    ("role", "shown", "hidden"),
+    [
+        (StaffRole.SUPPORT, ["/staff/readers"], ["/staff/api-clients"]),
+        (StaffRole.FINANCE, ["/staff/readers"], ["/staff/api-clients"]),
+        (StaffRole.ADMIN, ["/staff/readers", "/staff/api-clients"], []),
+    ],
+)
+def test_the_staff_home_lists_the_sections_the_role_may_open(
+    client: FlaskClient, role: StaffRole, shown: list[str], hidden: list[str]
+) -> None:
+    login(client, factories.reader(staff_role=role))
+
+    response = client.get("/staff/")
+
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    for path in shown:
+        assert f'href="{path}"' in page
+        assert client.get(path).status_code == 200
+    for path in hidden:
+        assert f'href="{path}"' not in page
+        assert client.get(path).status_code == 403
+
+
+def test_the_staff_home_is_not_for_readers(client: FlaskClient) -> None:
+    login(client, factories.reader())
+
+    assert client.get("/staff/").status_code == 403
+
+
+def test_the_staff_home_sends_visitors_to_log_in(client: FlaskClient) -> None:
+    response = client.get("/staff/")
+
+    assert response.status_code == 302
+    assert "/login" in response.headers["Location"]

@@ -104,6 +104,12 @@ class Trial(Base):
         Index("ix_trials_status_ends_at", "status", "ends_at"),
     )
 
+    def status_at(self, now: datetime) -> TrialStatus:
+        """The state at ``now``: an active trial whose time is over has expired, tick or not."""
+        if self.status == TrialStatus.ACTIVE and now >= self.ends_at:
+            return TrialStatus.EXPIRED
+        return self.status
+
     def is_active(self, now: datetime) -> bool:
         """Whether the trial gives access at ``now``."""
         return self.status == TrialStatus.ACTIVE and self.started_at <= now < self.ends_at

@@ -18,6 +18,7 @@ def register(app: Flask) -> None:
         staff,
         staff_api_clients,  # noqa: F401 - adds its routes to staff.bp
         staff_groups,  # noqa: F401 - adds its routes to staff.bp
+        staff_home,  # noqa: F401 - adds its routes to staff.bp
     )
 
     app.register_blueprint(ops.bp)
@@ -43,12 +44,15 @@ def mount_api(app: Flask) -> Flask:
     """
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-    from billing import db, errors
+    from billing import db, errors, inputs
     from billing.views import api
 
     api_app = Flask(__name__)
     api_app.config = app.config
     api_app.extensions = app.extensions
+    # ``/readers//entitlement`` is not ``/readers/entitlement``: no redirect to another operation.
+    api_app.url_map.merge_slashes = False
+    inputs.init_app(api_app, json_api=True)
     api_app.register_blueprint(api.bp)
     api_app.teardown_appcontext(db.close_session)
     errors.init_app(api_app)

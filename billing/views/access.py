@@ -44,6 +44,7 @@ from flask_login import current_user
 from billing import db
 from billing.clock import current_clock
 from billing.errors import DomainError, NotFound, ValidationFailed
+from billing.inputs import InvalidText
 from billing.models import ApiClient, Reader
 from billing.services import api_clients, entitlements, groups, trials
 from billing.services.entitlements import Decision, Reason
@@ -67,7 +68,8 @@ class BadAccessLink(DomainError):
 
 
 @bp.errorhandler(BadAccessLink)
-def _bad_link(error: BadAccessLink) -> ResponseReturnValue:
+@bp.errorhandler(InvalidText)
+def _bad_link(error: DomainError) -> ResponseReturnValue:
     return render_template("access/bad_link.html", message=error.message), 400
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import math
 import re
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -21,7 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy.orm import Session
 
-from billing import db
+from billing import db, inputs
 from billing.clock import current_clock
 from billing.errors import NotFound, ValidationFailed, error_body
 from billing.extensions import limiter
@@ -44,6 +42,8 @@ bp = Blueprint("api", __name__)
 """Mounted at ``/api/v1`` as its own app by :func:`billing.views.mount_api`."""
 
 _READER_ID = re.compile(r"rdr_[A-Za-z0-9_-]{1,28}")
+_IP_CHARACTERS = re.compile(r"[0-9A-Fa-f:.]+")
+"""The longest textual IP address (IPv6 with an embedded IPv4 address)."""
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _CHECK_MEMBERS = ("token", "reader_id", "ip")
 
@@ -61,9 +61,6 @@ def _setup(state: BlueprintSetupState) -> None:
 @bp.after_request
 def _no_store(response: Response) -> Response:
     response.headers.setdefault("Cache-Control", "no-store")
-    if response.status_code == 429 and (breached := limiter.current_limit) is not None:
-        wait = breached.reset_at - time.time()  # the limiter's windows run on the wall clock
-        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return response
 
 
@@ -89,8 +86,12 @@ def _bearer_key() -> str | None:
     return key.strip() or None
 
 
-def requires(scope: str) -> Callable[[View], View]:
-    """Authenticate the API key, record its use, check ``scope``; the view gets client and now."""
+def requires(scope: str, *, query: tuple[str, ...] = ()) -> Callable[[View], View]:
+    """Authenticate the API key, record its use, check ``scope``; the view gets client and now.
+
+    A query parameter other than those in ``query`` is refused (400 naming it), so a misspelt
+    one never passes for absent.
+    """
 
     def decorator(view: View) -> View:
         @wraps(view)
@@ -102,11 +103,23 @@ def requires(scope: str) -> Callable[[View], View]:
             if api_clients.record_use(session, client, now=now, cache=cache):
                 session.commit()
             api_clients.require_scope(client, scope)
+            if request.args:
+                _only_query(query)
             return view(client, now, **kwargs)
 
         return wrapped
 
     return decorator
+
+
+def _only_query(allowed: tuple[str, ...]) -> None:
+    for name in request.args:
+        if name not in allowed:
+            expected = ", ".join(allowed) if allowed else "no query parameters"
+            raise ValidationFailed(
+                f"Unknown query parameter {name!r}; this operation takes {expected}.",
+                field=name or None,
+            )
 
 
 def _rate_limit() -> str:
@@ -115,7 +128,11 @@ def _rate_limit() -> str:
 
 def _rate_key() -> str:
     """Rate-limit bucket: the presented key (hashed), so one client cannot starve another."""
-    return "api:" + hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()
+    return "api:" + hashlib.sha256((_bearer_key() or "").encode()).hexdigest()
+
+
+api_budget = limiter.shared_limit(_rate_limit, scope="api-key", key_func=_rate_key)
+"""One budget per API key, shared by token issues and reader look-ups (``RATELIMIT_API``)."""
 
 
 def _time(moment: datetime | None) -> str | None:
@@ -146,13 +163,20 @@ def _cached_reader(session: Session, reader_id: str, now: datetime) -> CachedRea
 
 
 def _ip(value: Any, *, required: bool) -> str | None:
-    """The address in ``value``, normalised; ValidationFailed naming ``ip`` otherwise."""
+    """The address in ``value``, normalised; ValidationFailed naming ``ip`` otherwise.
+
+    Strict: a plain IPv4 or IPv6 address of at most :data:`~billing.inputs.IP_MAX_LENGTH`
+    characters, without spaces, brackets, a port, a prefix length or an IPv6 zone id
+    (``fe80::1%eth0``).
+    """
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value:
         raise ValidationFailed("Give the visitor's IP address.", field="ip")
+    if len(value) > inputs.IP_MAX_LENGTH or not _IP_CHARACTERS.fullmatch(value):
+        raise ValidationFailed("This is not an IPv4 or IPv6 address.", field="ip")
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        return str(ipaddress.ip_address(value))
     except ValueError as exc:
         raise ValidationFailed("This is not an IPv4 or IPv6 address.", field="ip") from exc
 
@@ -166,7 +190,7 @@ def _address_decision(ip: str | None, now: datetime) -> Decision:
 
 def _json_object(members: tuple[str, ...]) -> dict[str, str]:
     """The request body as a JSON object of non-empty strings, with only ``members``."""
-    body = request.get_json(force=True, silent=True)
+    body = inputs.json_body()
     if not isinstance(body, dict):
         raise ValidationFailed("The body must be a JSON object.", field=None)
     for name, value in body.items():
@@ -191,7 +215,7 @@ def reader_entitlement(_client: AuthenticatedClient, now: datetime, reader_id: s
 
 
 @bp.get("/entitlement")
-@requires(SCOPE_ENTITLEMENTS_READ)
+@requires(SCOPE_ENTITLEMENTS_READ, query=("ip",))
 def anonymous_entitlement(_client: AuthenticatedClient, now: datetime) -> Response:
     """May an anonymous visitor from ``?ip=`` read?"""
     ip = _ip(request.args.get("ip"), required=True)
@@ -257,7 +281,7 @@ def _token_decision(client: AuthenticatedClient, token: str, now: datetime) -> d
 
 
 @bp.post("/tokens")
-@limiter.limit(_rate_limit, key_func=_rate_key)
+@api_budget
 @requires(SCOPE_TOKENS_ISSUE)
 def issue_token(client: AuthenticatedClient, now: datetime) -> tuple[Response, int]:
     """Sign the reader's current decision into an access token."""
@@ -289,7 +313,7 @@ def _reader_body(session: Session, reader: Reader, now: datetime) -> dict[str, A
         "trial": None
         if trial is None
         else {
-            "status": trial.status.value,
+            "status": trial.status_at(now).value,
             "started_at": _time(trial.started_at),
             "ends_at": _time(trial.ends_at),
         },
@@ -298,7 +322,7 @@ def _reader_body(session: Session, reader: Reader, now: datetime) -> dict[str, A
 
 
 @bp.get("/readers/<reader_id>")
-@limiter.limit(_rate_limit, key_func=_rate_key)
+@api_budget
 @requires(SCOPE_READERS_READ)
 def reader(_client: AuthenticatedClient, now: datetime, reader_id: str) -> Response:
     """A reader for support: account, trial and decision."""
@@ -310,17 +334,27 @@ def reader(_client: AuthenticatedClient, now: datetime, reader_id: str) -> Respo
 
 
 @bp.get("/readers")
-@limiter.limit(_rate_limit, key_func=_rate_key)
-@requires(SCOPE_READERS_READ)
+@api_budget
+@requires(SCOPE_READERS_READ, query=("email",))
 def reader_by_email(_client: AuthenticatedClient, now: datetime) -> Response:
     """A reader for support, found by login e-mail address (normalised first)."""
     raw = request.args.get("email")
     if raw is None:
         raise ValidationFailed("Give the e-mail address to look for.", field="email")
+    local, at, domain = raw.strip().rpartition("@")
+    if not (local and at and domain) or len(raw) > inputs.EMAIL_MAX_LENGTH:
+        raise ValidationFailed("This is not an e-mail address.", field="email")
+    not_found = ReaderNotFound("No reader has this e-mail address.", field="email")
+    try:
+        address = accounts.normalise_email(raw, field="email")
+    except ValidationFailed as exc:
+        # An address, but not one sign-up accepts (a quoted local part, a .test domain): no
+        # reader can have it.
+        raise not_found from exc
     session = db.session()
-    found = accounts.find_by_email(session, accounts.normalise_email(raw, field="email"))
+    found = accounts.find_by_email(session, address)
     if found is None:
-        raise ReaderNotFound("No reader has this e-mail address.", field="email")
+        raise not_found
     return jsonify(_reader_body(session, found, now))
 
 

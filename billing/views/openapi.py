@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from billing.inputs import EMAIL_MAX_LENGTH, IP_MAX_LENGTH
 from billing.services.api_clients import (
     SCOPE_DESCRIPTIONS,
     SCOPE_ENTITLEMENTS_READ,
@@ -36,6 +37,28 @@ REASON_MEANINGS: dict[Reason, str] = {
 
 _DATE_TIME = {"type": "string", "format": "date-time", "examples": ["2026-12-09T09:00:00Z"]}
 _NULLABLE_STRING = {"type": ["string", "null"]}
+_READER_ID_SCHEMA = {
+    "type": "string",
+    "minLength": 5,
+    "maxLength": 32,
+    "pattern": "^rdr_[A-Za-z0-9_-]{1,28}$",
+    "examples": ["rdr_3kTMdx0aQm1bZc4p"],
+}
+_IP_SCHEMA = {
+    "type": "string",
+    "minLength": 2,
+    "maxLength": IP_MAX_LENGTH,
+    "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+    "examples": ["192.0.2.10", "2001:db8::1"],
+}
+"""A plain address: no spaces, port, prefix length or IPv6 zone id (``%eth0``)."""
+_EMAIL_SCHEMA = {
+    "type": "string",
+    "format": "email",
+    "minLength": 3,
+    "maxLength": EMAIL_MAX_LENGTH,
+    "examples": ["reader@example.org"],
+}
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -75,7 +98,13 @@ def _operation(
     request_body: dict[str, Any] | None = None,
     rate_limited: bool = False,
 ) -> dict[str, Any]:
-    """An authenticated operation: the scope it needs, and the 401/403 (and 429) it may answer."""
+    """An authenticated operation: the scope it needs, and the errors it may answer.
+
+    Every operation may answer 400 (a text input with a NUL byte or a lone surrogate, or another
+    bad input), 401, 403, 414 (an address longer than the limit) and 500; those with a body also
+    413 (larger than the limit) and 415 (not ``application/json`` in UTF-8); the rate-limited
+    ones 429.
+    """
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": summary,
@@ -88,10 +117,16 @@ def _operation(
     if request_body:
         operation["requestBody"] = request_body
     operation["responses"] = {
+        "400": _ref("responses", "BadRequest"),
         **responses,
         "401": _ref("responses", "Unauthorized"),
         "403": _ref("responses", "Forbidden"),
+        "414": _ref("responses", "UriTooLong"),
+        "500": _ref("responses", "InternalError"),
     }
+    if request_body:
+        operation["responses"]["413"] = _ref("responses", "PayloadTooLarge")
+        operation["responses"]["415"] = _ref("responses", "UnsupportedMediaType")
     if rate_limited:
         operation["responses"]["429"] = _ref("responses", "TooManyRequests")
     return operation
@@ -111,7 +146,7 @@ def build() -> dict[str, Any]:
         "in": "path",
         "required": True,
         "description": "The reader's public id (`rdr_...`), as carried in tokens.",
-        "schema": {"type": "string", "minLength": 1, "examples": ["rdr_3kTMdx0aQm1bZc4p"]},
+        "schema": _READER_ID_SCHEMA,
     }
     ip_description = (
         "The visitor's address (IPv4 or IPv6; an IPv4-mapped IPv6 address counts as its IPv4). "
@@ -197,7 +232,13 @@ def build() -> dict[str, Any]:
                     "title": "By token",
                     "required": ["token"],
                     "additionalProperties": False,
-                    "properties": {"token": {"type": "string", "description": "An access token."}},
+                    "properties": {
+                        "token": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "An access token.",
+                        }
+                    },
                 },
                 {
                     "type": "object",
@@ -205,8 +246,8 @@ def build() -> dict[str, Any]:
                     "required": ["reader_id"],
                     "additionalProperties": False,
                     "properties": {
-                        "reader_id": {"type": "string", "minLength": 1},
-                        "ip": {"type": "string", "description": ip_description},
+                        "reader_id": _READER_ID_SCHEMA,
+                        "ip": {**_IP_SCHEMA, "description": ip_description},
                     },
                 },
                 {
@@ -214,7 +255,7 @@ def build() -> dict[str, Any]:
                     "title": "By address",
                     "required": ["ip"],
                     "additionalProperties": False,
-                    "properties": {"ip": {"type": "string", "description": ip_description}},
+                    "properties": {"ip": {**_IP_SCHEMA, "description": ip_description}},
                 },
             ],
         },
@@ -222,7 +263,7 @@ def build() -> dict[str, Any]:
             "type": "object",
             "required": ["reader_id"],
             "additionalProperties": False,
-            "properties": {"reader_id": {"type": "string", "minLength": 1}},
+            "properties": {"reader_id": _READER_ID_SCHEMA},
         },
         "Token": {
             "type": "object",
@@ -296,6 +337,24 @@ def build() -> dict[str, Any]:
         "Forbidden": _error_response(
             "The key lacks the scope this operation needs.", ["insufficient_scope"]
         ),
+        "PayloadTooLarge": _error_response(
+            "The body is larger than `MAX_CONTENT_LENGTH` bytes (1 MB by default); it was not "
+            "read.",
+            ["payload_too_large"],
+        ),
+        "UriTooLong": _error_response(
+            "The address (path and query) is longer than `MAX_URL_LENGTH` characters (8000 by "
+            "default).",
+            ["uri_too_long"],
+        ),
+        "UnsupportedMediaType": _error_response(
+            "The body is not `application/json`, or its `charset` is not `utf-8` (`field` is "
+            "`Content-Type`).",
+            ["unsupported_media_type"],
+        ),
+        "InternalError": _error_response(
+            "Tollgate failed; nothing was changed. Retry later.", ["internal_error"]
+        ),
         "TooManyRequests": {
             **_error_response(
                 "Too many calls with this key; wait and retry.", ["too_many_requests"]
@@ -335,7 +394,7 @@ def build() -> dict[str, Any]:
                         "in": "query",
                         "required": True,
                         "description": ip_description,
-                        "schema": {"type": "string", "examples": ["192.0.2.10", "2001:db8::1"]},
+                        "schema": _IP_SCHEMA,
                     }
                 ],
                 responses={"200": decision_ok, "400": bad_request},
@@ -398,7 +457,7 @@ def build() -> dict[str, Any]:
                         "in": "query",
                         "required": True,
                         "description": "The reader's login e-mail address.",
-                        "schema": {"type": "string", "examples": ["reader@example.org"]},
+                        "schema": _EMAIL_SCHEMA,
                     }
                 ],
                 responses={

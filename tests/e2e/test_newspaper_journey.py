@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 from billing.clock import FixedClock
 from billing.services import api_clients
 from tests.browser import LiveServer, serve
-from tests.conftest import TEST_SECRET
 from tests.factories import PASSWORD
 from tests.test_newspaper import load_newspaper
 
@@ -35,7 +34,7 @@ def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> I
     """The newspaper on a free port, registered with Tollgate as an API client for its origin."""
 
     def build(url: str) -> Flask:
-        client, key = api_clients.create(
+        client, key, token_key = api_clients.create(
             session,
             name="The Daily Meridian",
             scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],
@@ -49,7 +48,7 @@ def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> I
                 "TOLLGATE_URL": live_server.url,
                 "TOLLGATE_CLIENT_ID": client.public_id,
                 "TOLLGATE_API_KEY": key,
-                "TOLLGATE_TOKEN_SECRETS": [TEST_SECRET],
+                "TOLLGATE_TOKEN_KEYS": [str(token_key)],
                 "SECRET_KEY": "newspaper-e2e-secret",
                 "CLOCK": clock,
             }

@@ -77,16 +77,16 @@ class ApiClientForm(FlaskForm):
 
 
 _SIGNS_IN_CHOICES = [
-    ("0", "At once"),
-    ("3600", "In 1 hour"),
-    ("86400", "In 1 day"),
-    ("604800", "In 7 days"),
+    SelectChoice("0", "At once"),
+    SelectChoice("3600", "In 1 hour"),
+    SelectChoice("86400", "In 1 day"),
+    SelectChoice("604800", "In 7 days"),
 ]
 _RETIRE_AFTER_CHOICES = [
-    ("900", "15 minutes after (a token's lifetime)"),
-    ("3600", "1 hour after"),
-    ("86400", "1 day after"),
-    ("604800", "7 days after"),
+    SelectChoice("900", "15 minutes after (a token's lifetime)"),
+    SelectChoice("3600", "1 hour after"),
+    SelectChoice("86400", "1 day after"),
+    SelectChoice("604800", "7 days after"),
 ]
 
 

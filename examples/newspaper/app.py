@@ -189,6 +189,7 @@ ARTICLES: tuple[Article, ...] = (
 )
 ARTICLES_BY_SLUG = {article.slug: article for article in ARTICLES}
 
+
 class SystemClock:
     """The wall clock, in UTC."""
 

@@ -27,7 +27,12 @@ from datetime import UTC, datetime, timedelta
 from itsdangerous import BadData, TimestampSigner
 from itsdangerous.encoding import base64_decode
 
-from billing.services.tokens import CLOCK_SKEW, TokenExpired, TokenInvalid
+from billing.services.tokens import (
+    CLOCK_SKEW,
+    TokenExpired,
+    TokenForAnotherClient,
+    TokenInvalid,
+)
 
 SALT = "tollgate.access-token.v1"
 ACCEPTED_UNTIL = datetime(2027, 1, 31, tzinfo=UTC)
@@ -87,7 +92,7 @@ def verify(
     if payload["exp"] - signed_at.timestamp() > max_lifetime.total_seconds():
         raise TokenInvalid("an old-form token never lived this long")
     if payload.get("client_id") != client_id:
-        raise TokenInvalid("token issued to another API client")
+        raise TokenForAnotherClient("token issued to another API client")
     if now.timestamp() >= payload["exp"]:
         raise TokenExpired("token expired")
     return _claims(payload)

@@ -280,7 +280,7 @@ def verifier_for(
     if key is None or not key.is_listed(now):
         raise tokens.TokenInvalid(f"{kid} is not a token key that verifies")
     if key.api_client_id != client.id:
-        raise tokens.TokenInvalid("token issued to another API client")
+        raise tokens.TokenForAnotherClient("token issued to another API client")
     return tokens.TokenSigner(
         [wrapper.unwrap(key.kid, key.wrapped_secret)], client_id=client.public_id
     )

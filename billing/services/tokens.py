@@ -52,6 +52,7 @@ __all__ = [
     "SALT",
     "AccessClaims",
     "TokenExpired",
+    "TokenForAnotherClient",
     "TokenInvalid",
     "TokenKey",
     "TokenSigner",
@@ -94,6 +95,10 @@ class TokenInvalid(Exception):
 
 class TokenExpired(TokenInvalid):
     """The token was genuine but its lifetime is over."""
+
+
+class TokenForAnotherClient(TokenInvalid):
+    """The token was issued to another API client: never accept it."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +245,7 @@ class TokenSigner:
             raise TokenInvalid("token signed in the future")
         claims = _claims_from_payload(payload, kid, issued_at)
         if claims.client_id != self.client_id:
-            raise TokenInvalid("token issued to another API client")
+            raise TokenForAnotherClient("token issued to another API client")
         if now >= claims.expires_at:
             raise TokenExpired(f"token expired at {claims.expires_at.isoformat()}")
         if max_age is not None and now - issued_at > max_age:

@@ -44,7 +44,13 @@ from billing.services.api_clients import (
 )
 from billing.services.decision_cache import CachedReader
 from billing.services.entitlements import Decision
-from billing.services.tokens import KID_LENGTH, AccessClaims, TokenExpired, TokenInvalid
+from billing.services.tokens import (
+    KID_LENGTH,
+    AccessClaims,
+    TokenExpired,
+    TokenForAnotherClient,
+    TokenInvalid,
+)
 from billing.views import openapi
 
 bp = Blueprint("api", __name__)
@@ -257,13 +263,16 @@ def _token_decision(client: AuthenticatedClient, token: str, now: datetime) -> d
         raise ValidationFailed(
             "The token has expired; ask for a new one.", field="token", code="token_expired"
         ) from exc
+    except TokenForAnotherClient as exc:
+        raise ValidationFailed(
+            "The token was issued to another API client.", field="token", code="token_invalid"
+        ) from exc
     except TokenInvalid as exc:
-        message = (
-            "The token was issued to another API client."
-            if "another API client" in str(exc)
-            else "The token is not valid (malformed, tampered with or signed with another key)."
-        )
-        raise ValidationFailed(message, field="token", code="token_invalid") from exc
+        raise ValidationFailed(
+            "The token is not valid (malformed, tampered with or signed with another key).",
+            field="token",
+            code="token_invalid",
+        ) from exc
     try:
         reason = entitlements.Reason(claims.reason)
     except ValueError as exc:

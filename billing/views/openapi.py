@@ -253,7 +253,7 @@ def build() -> dict[str, Any]:
                 "token": {
                     "type": "string",
                     "description": "Verify it locally with this client's token keys (format in "
-                    "the README's \"Token format\": `KID.PAYLOAD.TIMESTAMP.SIGNATURE`, payload "
+                    'the README\'s "Token format": `KID.PAYLOAD.TIMESTAMP.SIGNATURE`, payload '
                     "members `reader_id`, `reason`, `plan`, `group_id`, `until`, `client_id`, "
                     "`exp`), or with `POST /api/v1/entitlement/check`.",
                 },

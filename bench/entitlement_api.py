@@ -187,7 +187,7 @@ def api_key(url: str) -> str:
     app = create_app({"DATABASE_URL": url, "SECRET_KEYS": [SECRET]})
     with app.app_context():
         session = db.session()
-        _client, key = api_clients.create(
+        _client, key, _token_key = api_clients.create(
             session,
             name="bench",
             scopes=["entitlements:read"],

@@ -18,7 +18,7 @@ from billing.clock import SystemClock
 from billing.extensions import csrf, limiter, login_manager
 from billing.gateway import StripeGateway
 from billing.services.decision_cache import DecisionCache
-from billing.services.tokens import TokenSigner
+from billing.services.token_keys import KeyWrapper
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -44,9 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     _init_extensions(app)
     errors.init_app(app)
     inputs.init_app(app)
-    app.extensions["token_signer"] = TokenSigner(
-        app.config["SECRET_KEYS"], ttl=timedelta(seconds=app.config["ACCESS_TOKEN_TTL"])
-    )
+    app.extensions["token_key_wrapper"] = KeyWrapper(app.config["TOKEN_KEY_WRAPPING_SECRETS"])
     app.extensions["stripe_gateway"] = app.config.get(
         "STRIPE_GATEWAY"
     ) or StripeGateway.from_config(app.config)

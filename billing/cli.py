@@ -38,6 +38,7 @@ def init_app(app: Flask) -> None:
     """Register the command groups on ``app``."""
     app.cli.add_command(db_cli)
     app.cli.add_command(billing_cli)
+    from billing import cli_tokens  # noqa: F401 - registers the token-key commands
 
 
 @db_cli.command("upgrade")
@@ -193,6 +194,12 @@ def seed_demo() -> None:
             session.flush()
             trials.start_trial(session, reader, now=started, days=days)
     newspaper = _ensure_demo_newspaper(now) if current_app.config["DEV_MODE"] else None
+    token_key = None
+    if newspaper is not None:
+        from billing.cli_tokens import ensure_demo_token_key
+
+        session.flush()
+        token_key = ensure_demo_token_key(newspaper, now)
     session.commit()
     if current_app.config["DEV_MODE"]:
         _seed_demo_group(now)
@@ -207,6 +214,7 @@ def seed_demo() -> None:
             f"  Demo newspaper API client: {newspaper.public_id}, key {key}, "
             f"origins {', '.join(newspaper.allowed_origins)} ({state})"
         )
+        click.echo(f"  Demo newspaper token key: {token_key}")
 
 
 DEMO_GROUP_ADMIN = "group.admin@ministry.example"
@@ -380,7 +388,7 @@ _API_CLIENT_OPTIONS = {"name": "--name", "scopes": "--scopes", "allowed_origins"
 
 @billing_cli.group("api-client")
 def api_client_cli() -> None:
-    """API keys for the content site: create, list, rotate, revoke."""
+    """API keys and token keys for the content site: create, list, rotate, revoke."""
 
 
 @api_client_cli.command("create")
@@ -403,7 +411,7 @@ def api_client_create(name: str, scopes: str, origins: tuple[str, ...]) -> None:
     session = db.session()
     now = current_clock().now()
     try:
-        client, key = api_clients.create(
+        client, key, token_key = api_clients.create(
             session,
             name=name,
             scopes=scopes.split(","),
@@ -420,11 +428,17 @@ def api_client_create(name: str, scopes: str, origins: tuple[str, ...]) -> None:
         actor="cli",
         action="api_client.created",
         target=client,
-        details={"name": client.name, "scopes": client.scopes, "origins": client.allowed_origins},
+        details={
+            "name": client.name,
+            "scopes": client.scopes,
+            "origins": client.allowed_origins,
+            "token_key": token_key.kid,
+        },
     )
     session.commit()
     click.echo(f"Created API client {client.public_id} ({client.name}).")
     click.echo(f"Key (shown once, store it now): {key}")
+    click.echo(f"Token key (shown once, the site verifies tokens with it): {token_key}")
 
 
 @api_client_cli.command("list")
@@ -473,7 +487,7 @@ def api_client_rotate(client_id: str) -> None:
 @api_client_cli.command("revoke")
 @click.argument("client_id")
 def api_client_revoke(client_id: str) -> None:
-    """Revoke CLIENT_ID: its key stops working for good (within seconds on every server)."""
+    """Revoke CLIENT_ID: its key (within seconds on every server) and token keys stop working."""
     from billing.services import api_clients
 
     session = db.session()

@@ -15,6 +15,7 @@ from typing import Any
 
 DEV_SECRET = "dev-secret-change-me"  # noqa: S105 - the marker refused in production
 DEV_WEBHOOK_SECRET = "whsec_dev_tollgate"  # noqa: S105
+DEV_TOKEN_KEY_WRAPPING_SECRET = "dev-token-key-wrapping-change-me"  # noqa: S105
 LOCALSTRIPE_SECRET_KEY = "sk_test_localstripe"  # noqa: S105
 INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
 
@@ -50,7 +51,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SECRET_KEYS",
         DEV_SECRET,
-        "comma-separated; the first signs sessions and tokens, all verify (rotation)",
+        "comma-separated; the first signs sessions and e-mail links (each with its own salt), all verify (rotation); never access tokens",
+    ),
+    Setting(
+        "TOKEN_KEY_WRAPPING_SECRETS",
+        DEV_TOKEN_KEY_WRAPPING_SECRET,
+        "comma-separated; the first encrypts the API clients' token keys in the database, all decrypt (rotation: `billing api-client rewrap-token-keys`)",
     ),
     Setting("TRIAL_DAYS", "14", "length of the free trial in days"),
     Setting(
@@ -205,6 +211,7 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_URL": database_url,
         "SECRET_KEYS": secret_keys,
         "SECRET_KEY": secret_keys[0] if secret_keys else "",
+        "TOKEN_KEY_WRAPPING_SECRETS": _csv(get("TOKEN_KEY_WRAPPING_SECRETS")),
         "TRIAL_DAYS": number("TRIAL_DAYS"),
         "TRIAL_REMINDER_DAYS": number("TRIAL_REMINDER_DAYS"),
         "PAST_DUE_GRACE_DAYS": number("PAST_DUE_GRACE_DAYS"),
@@ -252,10 +259,19 @@ def check(config: dict[str, Any]) -> None:
     """Refuse settings that are unsafe for the environment they run in."""
     if not config.get("SECRET_KEYS"):
         raise ConfigError("SECRET_KEYS must name at least one secret")
+    if not config.get("TOKEN_KEY_WRAPPING_SECRETS"):
+        raise ConfigError("TOKEN_KEY_WRAPPING_SECRETS must name at least one secret")
     if config.get("TOLLGATE_ENV") != "production":
         return
     if DEV_SECRET in config["SECRET_KEYS"] or any(len(k) < 32 for k in config["SECRET_KEYS"]):
         raise ConfigError("SECRET_KEYS: production needs real secrets of at least 32 characters")
+    wrapping = config["TOKEN_KEY_WRAPPING_SECRETS"]
+    if DEV_TOKEN_KEY_WRAPPING_SECRET in wrapping or any(len(k) < 32 for k in wrapping):
+        raise ConfigError(
+            "TOKEN_KEY_WRAPPING_SECRETS: production needs real secrets of at least 32 characters"
+        )
+    if set(wrapping) & set(config["SECRET_KEYS"]):
+        raise ConfigError("TOKEN_KEY_WRAPPING_SECRETS must not repeat a secret of SECRET_KEYS")
     if config.get("STRIPE_SECRET_KEY") == LOCALSTRIPE_SECRET_KEY:
         raise ConfigError("STRIPE_SECRET_KEY: production needs a real Stripe key")
     if DEV_WEBHOOK_SECRET in config.get("STRIPE_WEBHOOK_SECRETS", []):

@@ -281,7 +281,13 @@ class Launcher:
             return
         argv = [sys.executable, "-m", "flask", "--app", "app", "run"]
         port = ["--host", HOST, "--port", str(NEWSPAPER_PORT)]
-        child = Child("paper", [*argv, *port], cwd=NEWSPAPER_APP.parent)
+        # The newspaper verifies tokens with its own client's token key (seed-demo creates the
+        # well-known demo one), never with Tollgate's SECRET_KEYS, which it is not given.
+        from billing.cli_tokens import DEMO_NEWSPAPER_TOKEN_KEY
+
+        keys = os.environ.get("TOLLGATE_TOKEN_KEYS") or DEMO_NEWSPAPER_TOKEN_KEY
+        env = {"TOLLGATE_TOKEN_KEYS": keys, "SECRET_KEYS": "", "TOKEN_KEY_WRAPPING_SECRETS": ""}
+        child = Child("paper", [*argv, *port], cwd=NEWSPAPER_APP.parent, env=env)
         self.services.append(child)
         self._wait_healthy(child, f"{NEWSPAPER_URL}/")
 

@@ -15,23 +15,25 @@ from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
 from billing.models import ApiClient, Reader
-from billing.services import api_clients
-from billing.services.tokens import AccessClaims, TokenSigner
+from billing.services import api_clients, token_keys
+from billing.services.tokens import AccessClaims, TokenInvalid, TokenKey, TokenSigner
 from billing.views.access import access_path
 from billing.views.guards import safe_next
 from tests import factories
-from tests.conftest import START, TEST_SECRET, Outbox, csrf_token, post_form
+from tests.conftest import START, Outbox, csrf_token, post_form
 from tests.helpers import login
 
 SITE = "https://news.example.com"
 ARTICLE = f"{SITE}/politics/coalition-talks?ref=paywall"
 TOKEN = re.compile(r"#tollgate_token=([A-Za-z0-9_.-]+)$")
+SITE_KEYS: dict[str, tuple[str, TokenKey]] = {}
+"""The token key each client was given when created (shown once), by kid: what the site holds."""
 
 
 @pytest.fixture
 def news(session: Session, clock: FixedClock) -> ApiClient:
     """The newspaper's API client: readers may be sent back to https://news.example.com."""
-    client, _key = api_clients.create(
+    client, _key, token_key = api_clients.create(
         session,
         name="The newspaper",
         scopes=["entitlements:read"],
@@ -40,13 +42,14 @@ def news(session: Session, clock: FixedClock) -> ApiClient:
         now=clock.now(),
     )
     session.commit()
+    SITE_KEYS[token_key.kid] = (client.public_id, token_key)
     return client
 
 
 @pytest.fixture
 def other(session: Session, clock: FixedClock) -> ApiClient:
     """Another client, allowed to send readers to https://other.example.org only."""
-    client, _key = api_clients.create(
+    client, _key, token_key = api_clients.create(
         session,
         name="Another site",
         scopes=["entitlements:read"],
@@ -55,6 +58,7 @@ def other(session: Session, clock: FixedClock) -> ApiClient:
         now=clock.now(),
     )
     session.commit()
+    SITE_KEYS[token_key.kid] = (client.public_id, token_key)
     return client
 
 
@@ -81,7 +85,17 @@ def token_in(url: str) -> str:
 
 def verified(url: str, clock: FixedClock) -> AccessClaims:
     """The claims of the token in ``url``, verified the way the content site does."""
-    return TokenSigner([TEST_SECRET]).verify(token_in(url), now=clock.now())
+    token = token_in(url)
+    client_id, key = SITE_KEYS[token[:11]]
+    return TokenSigner([key], client_id=client_id).verify(token, now=clock.now())
+
+
+def error_in(url: str) -> str:
+    """The ``tollgate_error`` in the fragment of ``url`` (which carries no token)."""
+    assert "tollgate_token" not in url
+    match = re.search(r"#tollgate_error=([a-z_]+)$", url)
+    assert match, f"no error in {url!r}"
+    return match.group(1)
 
 
 def link(page: str, marker: str) -> str:
@@ -256,7 +270,6 @@ def test_a_subscriber_is_sent_straight_back_with_a_token_in_the_fragment(
     assert location.startswith(ARTICLE + "#tollgate_token=")
     assert response.headers["Cache-Control"] == "no-store"
     claims = verified(location, clock)
-    assert claims.granted is True
     assert claims.reason == "subscription"
     assert claims.plan == "individual-monthly"
     assert claims.client_id == news.public_id
@@ -275,7 +288,7 @@ def test_a_reader_on_trial_gets_a_token_saying_trial_until_its_end(
     response = browser.get(access(news.public_id))
     assert response.status_code == 302
     claims = verified(response.headers["Location"], clock)
-    assert (claims.granted, claims.reason, claims.plan) == (True, "trial", None)
+    assert (claims.reason, claims.plan) == ("trial", None)
     assert claims.until == trial.ends_at
 
 
@@ -319,14 +332,13 @@ def test_a_grant_that_ends_within_the_second_is_not_issued_as_a_dead_token(
     login(browser, trial.reader)
     response = browser.get(access(news.public_id, prompt="none"))
     assert response.status_code == 302
-    claims = verified(response.headers["Location"], clock)
-    assert (claims.granted, claims.reason) == (False, "trial_expired")
+    assert error_in(response.headers["Location"]) == "access_denied"
 
 
 # A reader without access -----------------------------------------------------------------------
 
 
-def test_a_reader_whose_trial_ended_sees_why_and_goes_back_with_the_refusal(
+def test_a_reader_whose_trial_ended_sees_why_and_goes_back_without_a_token(
     app: Flask, session: Session, news: ApiClient, clock: FixedClock
 ) -> None:
     trial = factories.TrialFactory(started_at=START - timedelta(days=20))
@@ -344,13 +356,7 @@ def test_a_reader_whose_trial_ended_sees_why_and_goes_back_with_the_refusal(
     here = access_path(news.public_id, ARTICLE)
     assert next_of(link(page, 'data-offer="subscribe"')) == here
 
-    back = link(page, "data-back")
-    assert back.startswith(ARTICLE + "#tollgate_token=")
-    claims = verified(back, clock)
-    assert claims.granted is False
-    assert claims.reason == "trial_expired"
-    assert claims.reader_id == trial.reader.public_id
-    assert claims.client_id == news.public_id
+    assert link(page, "data-back") == ARTICLE + "#tollgate_error=access_denied"
 
 
 def test_a_reader_who_never_had_a_trial_is_offered_one_that_comes_back_here(
@@ -366,7 +372,7 @@ def test_a_reader_who_never_had_a_trial_is_offered_one_that_comes_back_here(
     trial_link = link(page, 'data-offer="trial"')
     assert urlsplit(trial_link).path == "/trial"
     assert next_of(trial_link) == access_path(news.public_id, ARTICLE)
-    assert verified(link(page, "data-back"), clock).reason == "none"
+    assert error_in(link(page, "data-back")) == "access_denied"
 
 
 def test_an_unverified_reader_can_ask_for_the_link_again_and_still_come_back(
@@ -390,8 +396,8 @@ def test_an_unverified_reader_can_ask_for_the_link_again_and_still_come_back(
     assert next_of(outbox.last_link("new@example.org", "/verify-email")) == here
 
 
-def test_prompt_none_sends_a_reader_without_access_straight_back_with_the_refusal(
-    app: Flask, session: Session, news: ApiClient, clock: FixedClock
+def test_prompt_none_sends_a_reader_without_access_back_with_access_denied_and_no_token(
+    app: Flask, session: Session, news: ApiClient
 ) -> None:
     trial = factories.TrialFactory(started_at=START - timedelta(days=20))
     session.commit()
@@ -399,18 +405,16 @@ def test_prompt_none_sends_a_reader_without_access_straight_back_with_the_refusa
     login(browser, trial.reader)
     response = browser.get(access(news.public_id, prompt="none"))
     assert response.status_code == 302
-    claims = verified(response.headers["Location"], clock)
-    assert (claims.granted, claims.reason) == (False, "trial_expired")
+    assert response.headers["Location"] == ARTICLE + "#tollgate_error=access_denied"
 
 
-def test_prompt_none_sends_a_visitor_back_with_an_anonymous_refusal(
-    app: Flask, news: ApiClient, clock: FixedClock
+def test_prompt_none_sends_a_visitor_back_with_login_required_and_no_token(
+    app: Flask, news: ApiClient
 ) -> None:
     response = app.test_client().get(access(news.public_id, prompt="none"))
     assert response.status_code == 302
-    claims = verified(response.headers["Location"], clock)
-    assert (claims.granted, claims.reason, claims.reader_id) == (False, "none", None)
-    assert claims.client_id == news.public_id
+    assert response.headers["Location"] == ARTICLE + "#tollgate_error=login_required"
+    assert "tollgate_token" not in response.get_data(as_text=True)
 
 
 def test_a_logged_out_reader_gets_no_new_token(
@@ -418,12 +422,41 @@ def test_a_logged_out_reader_gets_no_new_token(
 ) -> None:
     browser = app.test_client()
     login(browser, subscriber)
-    assert verified(browser.get(access(news.public_id)).headers["Location"], clock).granted
+    assert verified(browser.get(access(news.public_id)).headers["Location"], clock).reader_id
     browser.post("/logout", data={"csrf_token": csrf_token(browser, "/account/password")})
 
     response = browser.get(access(news.public_id, prompt="none"))
-    claims = verified(response.headers["Location"], clock)
-    assert (claims.granted, claims.reader_id) == (False, None)
+    assert error_in(response.headers["Location"]) == "login_required"
+
+
+def test_the_token_is_signed_with_the_clients_own_key_and_names_it(
+    app: Flask, news: ApiClient, other: ApiClient, subscriber: Reader, clock: FixedClock
+) -> None:
+    browser = app.test_client()
+    login(browser, subscriber)
+    token = token_in(browser.get(access(news.public_id)).headers["Location"])
+
+    client_id, key = SITE_KEYS[token[:11]]
+    assert client_id == news.public_id
+    other_key = next(k for c, k in SITE_KEYS.values() if c == other.public_id)
+    with pytest.raises(TokenInvalid):
+        TokenSigner([other_key], client_id=other.public_id).verify(token, now=clock.now())
+    with pytest.raises(TokenInvalid, match="another API client"):
+        TokenSigner([key, other_key], client_id=other.public_id).verify(token, now=clock.now())
+
+
+def test_a_client_whose_token_keys_are_all_revoked_gets_a_clear_400_page(
+    app: Flask, session: Session, news: ApiClient, subscriber: Reader, clock: FixedClock
+) -> None:
+    for key in token_keys.keys_of(session, news.id):
+        token_keys.revoke(key, now=clock.now())
+    session.commit()
+    browser = app.test_client()
+    login(browser, subscriber)
+    response = browser.get(access(news.public_id))
+    assert response.status_code == 400
+    assert "not set up to receive readers" in response.get_data(as_text=True)
+    assert "Location" not in response.headers
 
 
 # A visitor who is not logged in ----------------------------------------------------------------
@@ -529,7 +562,7 @@ def test_sign_up_verification_and_trial_start_come_back_with_a_trial_token(
     back = browser.get(here)
     assert back.status_code == 302
     claims = verified(back.headers["Location"], clock)
-    assert (claims.granted, claims.reason) == (True, "trial")
+    assert claims.reason == "trial"
     assert claims.until == START + timedelta(days=14)
 
 

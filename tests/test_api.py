@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
+from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
@@ -16,9 +21,9 @@ from werkzeug.test import TestResponse
 from billing import db
 from billing.clock import FixedClock
 from billing.models import ApiClient, Reader, SubscriptionStatus
-from billing.services import api_clients, decision_cache
+from billing.services import api_clients, decision_cache, legacy_tokens, token_keys
 from billing.services.api_clients import ClientCache
-from billing.services.tokens import TokenSigner
+from billing.services.tokens import TokenKey, TokenSigner
 from tests import factories
 from tests.conftest import START, TEST_SECRET
 from tests.helpers import FakeMonotonic
@@ -37,6 +42,8 @@ def tick(app: Flask) -> FakeMonotonic:
 
 
 KeyMaker = Callable[..., str]
+TOKEN_KEYS: dict[str, tuple[str, TokenKey]] = {}
+"""By API key: the client's id and the token key it was given when created (what the site holds)."""
 
 
 @pytest.fixture
@@ -44,7 +51,7 @@ def make_key(session: Session, clock: FixedClock) -> KeyMaker:
     """Create an API client with ``scopes`` (all by default) and return its key."""
 
     def make(scopes: list[str] | None = None, name: str = "Content site") -> str:
-        _, key = api_clients.create(
+        api_client, key, token_key = api_clients.create(
             session,
             name=name,
             scopes=scopes or ALL_SCOPES,
@@ -53,6 +60,7 @@ def make_key(session: Session, clock: FixedClock) -> KeyMaker:
             now=clock.now(),
         )
         session.commit()
+        TOKEN_KEYS[key] = (api_client.public_id, token_key)
         return key
 
     return make
@@ -81,7 +89,9 @@ def entitlement(client: FlaskClient, key: str, reader: Reader) -> dict[str, Any]
 def error_of(response: TestResponse) -> dict[str, Any]:
     body = response.get_json()
     assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "field"}
+    # A refused token issue also names the decision's reason; nothing else adds a member.
+    extra = {"reason"} if body["error"].get("code") == "access_refused" else set()
+    assert set(body["error"]) == {"code", "message", "field", *extra}
     return body["error"]  # type: ignore[no-any-return]
 
 
@@ -379,30 +389,53 @@ def test_a_token_round_trips_through_the_api(client: FlaskClient, key: str) -> N
     assert checked.get_json() == entitlement(client, key, reader)
 
 
-def test_an_issued_token_verifies_locally_with_the_shared_secret(
+def test_an_issued_token_verifies_locally_with_the_clients_token_key(
     client: FlaskClient, key: str, session: Session
 ) -> None:
     reader = _committed(_subscribed())
     api_client = session.scalars(select(ApiClient)).one()
+    client_id, token_key = TOKEN_KEYS[key]
 
     token = issue(client, key, reader.public_id).get_json()["token"]
 
-    claims = TokenSigner([TEST_SECRET]).verify(token, now=START)
+    claims = TokenSigner([token_key], client_id=client_id).verify(token, now=START)
+    assert token.startswith(token_key.kid + ".")
     assert claims.reader_id == reader.public_id
-    assert claims.granted is True
     assert claims.reason == "subscription"
     assert claims.plan == "individual-monthly"
     assert claims.until == PERIOD_END
-    assert claims.client_id == api_client.public_id
+    assert claims.client_id == api_client.public_id == client_id
 
 
-def test_a_refusal_is_issued_as_a_token_too(client: FlaskClient, key: str) -> None:
-    reader = _committed(factories.reader(email_verified_at=None))
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (lambda: factories.reader(email_verified_at=None), "email_unverified"),
+        (
+            lambda: factories.TrialFactory(started_at=START - timedelta(days=20)).reader,
+            "trial_expired",
+        ),
+        (lambda: factories.reader(), "none"),
+    ],
+    ids=["unverified", "trial expired", "never had access"],
+)
+def test_a_reader_without_access_gets_a_409_with_the_reason_and_no_token(
+    client: FlaskClient, key: str, build: Callable[[], Reader], reason: str
+) -> None:
+    reader = _committed(build())
 
-    token = issue(client, key, reader.public_id).get_json()["token"]
+    response = issue(client, key, reader.public_id)
 
-    body = check(client, key, {"token": token}).get_json()
-    assert (body["granted"], body["reason"], body["until"]) == (False, "email_unverified", None)
+    assert response.status_code == 409
+    body = response.get_json()
+    assert body == {
+        "error": {
+            "code": "access_refused",
+            "message": f"This reader may not read now ({reason}), so no token is issued.",
+            "field": "reader_id",
+            "reason": reason,
+        }
+    }
 
 
 def test_a_token_never_outlives_the_decision(client: FlaskClient, key: str) -> None:
@@ -416,7 +449,7 @@ def test_a_token_never_outlives_the_decision(client: FlaskClient, key: str) -> N
     assert body["expires_at"] == at(ends)
 
 
-def test_a_grant_ending_within_the_second_is_issued_as_the_refusal_it_becomes(
+def test_a_grant_ending_within_the_second_is_refused_as_the_refusal_it_becomes(
     client: FlaskClient, key: str
 ) -> None:
     ends = START + timedelta(milliseconds=500)
@@ -426,9 +459,23 @@ def test_a_grant_ending_within_the_second_is_issued_as_the_refusal_it_becomes(
 
     response = issue(client, key, reader.public_id)
 
-    assert response.status_code == 201
-    body = check(client, key, {"token": response.get_json()["token"]}).get_json()
-    assert (body["granted"], body["reason"]) == (False, "trial_expired")
+    assert response.status_code == 409
+    assert error_of(response)["reason"] == "trial_expired"
+
+
+def test_a_client_without_a_signing_token_key_gets_a_409_no_token_key(
+    client: FlaskClient, key: str, session: Session, clock: FixedClock
+) -> None:
+    reader = _committed(_subscribed())
+    api_client = session.scalars(select(ApiClient)).one()
+    for token_key in token_keys.keys_of(session, api_client.id):
+        token_keys.revoke(token_key, now=clock.now())
+    session.commit()
+
+    response = issue(client, key, reader.public_id)
+
+    assert response.status_code == 409
+    assert error_of(response)["code"] == "no_token_key"
 
 
 @pytest.fixture
@@ -499,22 +546,33 @@ def test_a_tampered_token_is_a_400_token_invalid(
         assert error["code"] == "token_invalid"
 
 
-def test_a_token_signed_with_another_secret_is_invalid(client: FlaskClient, key: str) -> None:
+def test_a_token_signed_with_another_key_under_our_kid_is_invalid(
+    client: FlaskClient, key: str
+) -> None:
     reader = _committed(_subscribed())
-    forged, _ = TokenSigner(["someone-elses-secret"]).issue(
+    client_id, token_key = TOKEN_KEYS[key]
+    impostor = TokenKey(kid=token_key.kid, secret=TokenKey.generate().secret)
+    forged, _ = TokenSigner([impostor], client_id=client_id).issue(
         reader_id=reader.public_id,
-        granted=True,
         reason="subscription",
         plan=None,
-        group=None,
+        group_id=None,
         until=None,
-        client_id=None,
         now=START,
     )
 
     response = check(client, key, {"token": forged})
 
     assert error_of(response)["code"] == "token_invalid"
+
+
+def test_a_token_of_an_unknown_key_is_invalid(client: FlaskClient, key: str) -> None:
+    client_id, _ = TOKEN_KEYS[key]
+    forged, _ = TokenSigner([TokenKey.generate()], client_id=client_id).issue(
+        reader_id=None, reason="group_ip", plan=None, group_id="grp_x", until=None, now=START
+    )
+
+    assert error_of(check(client, key, {"token": forged}))["code"] == "token_invalid"
 
 
 def test_a_token_issued_to_another_client_is_invalid_here(
@@ -527,7 +585,122 @@ def test_a_token_issued_to_another_client_is_invalid_here(
     response = check(client, other, {"token": token})
 
     assert response.status_code == 400
-    assert error_of(response)["code"] == "token_invalid"
+    assert error_of(response) == {
+        "code": "token_invalid",
+        "message": "The token was issued to another API client.",
+        "field": "token",
+    }
+
+
+def test_a_token_of_a_revoked_key_is_refused_at_once(
+    client: FlaskClient, key: str, session: Session, clock: FixedClock
+) -> None:
+    reader = _committed(_subscribed())
+    token = issue(client, key, reader.public_id).get_json()["token"]
+    token_keys.revoke(token_keys.by_kid(session, token[:11]), now=clock.now())
+    session.commit()
+
+    assert error_of(check(client, key, {"token": token}))["code"] == "token_invalid"
+
+
+def test_a_token_of_a_rotated_key_checks_until_the_key_retires(
+    client: FlaskClient, key: str, session: Session, clock: FixedClock
+) -> None:
+    reader = _committed(_subscribed())
+    old = issue(client, key, reader.public_id).get_json()["token"]
+    api_client = session.scalars(select(ApiClient)).one()
+    new_key = token_keys.rotate(
+        session,
+        api_client,
+        wrapper=token_keys.current_wrapper(),
+        now=clock.now(),
+        retire_after=timedelta(minutes=10),
+    )
+    session.commit()
+
+    new = issue(client, key, reader.public_id).get_json()["token"]
+    assert new.startswith(new_key.kid + ".")
+    clock.advance(minutes=9, seconds=59)
+    assert check(client, key, {"token": old}).status_code == 200
+    clock.advance(seconds=1)
+    assert error_of(check(client, key, {"token": old}))["code"] == "token_invalid"
+    assert check(client, key, {"token": new}).status_code == 200
+
+
+# Old-form tokens (signed with SECRET_KEYS), accepted until they expire ---------------------------
+
+
+def legacy_token(
+    client_id: str,
+    *,
+    secret: str = TEST_SECRET,
+    signed_at: datetime = START,
+    lives: int = 900,
+    **claims: Any,
+) -> str:
+    """An old-form token as the release before token keys issued it."""
+    payload = {
+        "reader_id": "rdr_old",
+        "granted": True,
+        "reason": "subscription",
+        "plan": "individual-monthly",
+        "group": None,
+        "until": "2027-01-01T00:00:00Z",
+        "client_id": client_id,
+        "exp": int(signed_at.timestamp()) + lives,
+        **claims,
+    }
+    serializer = URLSafeTimedSerializer(
+        secret, salt=legacy_tokens.SALT, signer_kwargs={"digest_method": hashlib.sha256}
+    )
+    body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=")
+    with time_machine.travel(signed_at, tick=False):
+        return serializer.make_signer().sign(body).decode()
+
+
+def test_an_old_form_token_checks_until_it_expires(
+    client: FlaskClient, key: str, clock: FixedClock
+) -> None:
+    client_id, _ = TOKEN_KEYS[key]
+    token = legacy_token(client_id, group="grp_old")
+
+    body = check(client, key, {"token": token}).get_json()
+    assert (body["granted"], body["reason"], body["group_id"]) == (True, "subscription", "grp_old")
+    clock.advance(minutes=14, seconds=59)
+    assert check(client, key, {"token": token}).status_code == 200
+    clock.advance(seconds=1)
+    assert error_of(check(client, key, {"token": token}))["code"] == "token_expired"
+
+
+@pytest.mark.parametrize(
+    ("claims", "code"),
+    [
+        ({"lives": 901}, "token_invalid"),
+        ({"secret": "someone-elses-secret"}, "token_invalid"),
+        ({"client_id": "cli_another"}, "token_invalid"),
+    ],
+    ids=["lived longer than a token could", "another secret", "another client"],
+)
+def test_an_old_form_token_outside_the_rule_is_refused(
+    client: FlaskClient, key: str, claims: dict[str, Any], code: str
+) -> None:
+    client_id, _ = TOKEN_KEYS[key]
+    token = legacy_token(**{"client_id": client_id, **claims})
+
+    assert error_of(check(client, key, {"token": token}))["code"] == code
+
+
+def test_no_old_form_token_is_accepted_from_the_cut_over_on(
+    client: FlaskClient, key: str, clock: FixedClock
+) -> None:
+    client_id, _ = TOKEN_KEYS[key]
+    cut_over = legacy_tokens.ACCEPTED_UNTIL
+    clock.set(cut_over - timedelta(minutes=1))
+    token = legacy_token(client_id, signed_at=cut_over - timedelta(minutes=5))
+    assert check(client, key, {"token": token}).status_code == 200
+
+    clock.set(cut_over)
+    assert error_of(check(client, key, {"token": token}))["code"] == "token_expired"
 
 
 def test_a_token_for_an_unknown_reader_is_a_404(client: FlaskClient, key: str) -> None:

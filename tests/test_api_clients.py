@@ -57,7 +57,7 @@ def _create(session: Session, clock: FixedClock, **overrides: object) -> tuple[A
         "now": clock.now(),
     }
     fields.update(overrides)
-    client, key = api_clients.create(session, **fields)  # type: ignore[arg-type]
+    client, key, _token_key = api_clients.create(session, **fields)  # type: ignore[arg-type]
     session.commit()
     return client, key
 

@@ -33,7 +33,7 @@ SURROGATE = "\ud800"
 @pytest.fixture
 def api_key(session: Session, clock: FixedClock) -> str:
     """A key with every scope."""
-    _, key = api_clients.create(
+    _, key, _token_key = api_clients.create(
         session,
         name="Content site",
         scopes=api_clients.SCOPES,

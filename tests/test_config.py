@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION = {
     "TOLLGATE_ENV": "production",
     "SECRET_KEYS": "a" * 40,
+    "TOKEN_KEY_WRAPPING_SECRETS": "w" * 40,
     "DATABASE_URL": "postgresql://db.internal/tollgate",
     "STRIPE_SECRET_KEY": "sk_live_real",
     "STRIPE_WEBHOOK_SECRETS": "whsec_real",
@@ -44,6 +45,9 @@ def test_a_setting_that_is_not_a_number_is_named_in_the_error() -> None:
     [
         ("SECRET_KEYS", "dev-secret-change-me"),
         ("SECRET_KEYS", "short"),
+        ("TOKEN_KEY_WRAPPING_SECRETS", "dev-token-key-wrapping-change-me"),
+        ("TOKEN_KEY_WRAPPING_SECRETS", "short"),
+        ("TOKEN_KEY_WRAPPING_SECRETS", "a" * 40),
         ("STRIPE_SECRET_KEY", "sk_test_localstripe"),
         ("STRIPE_WEBHOOK_SECRETS", "whsec_dev_tollgate"),
         ("DATABASE_URL", "sqlite:////tmp/prod.sqlite3"),
@@ -52,6 +56,11 @@ def test_a_setting_that_is_not_a_number_is_named_in_the_error() -> None:
 def test_production_refuses_development_values(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         create_app(from_env({**PRODUCTION, name: value}))
+
+
+def test_token_keys_cannot_be_left_without_a_wrapping_secret() -> None:
+    with pytest.raises(ConfigError, match="TOKEN_KEY_WRAPPING_SECRETS"):
+        check(from_env({"TOKEN_KEY_WRAPPING_SECRETS": " , "}))
 
 
 def test_production_with_real_secrets_is_accepted() -> None:

@@ -131,7 +131,7 @@ def admin(fuzz_config: dict[str, Any], session: Session) -> Reader:
 
 @pytest.fixture
 def api_key(session: Session, clock: FixedClock) -> str:
-    _, key = api_clients.create(
+    _, key, _token_key = api_clients.create(
         session, name="Fuzz", scopes=api_clients.SCOPES, created_by=None, now=clock.now()
     )
     session.commit()

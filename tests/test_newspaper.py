@@ -24,15 +24,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
-from billing import cli
+from billing import cli, cli_tokens
 from billing.clock import FixedClock
 from billing.models import ApiClient
-from billing.services.tokens import TokenSigner
-from tests.conftest import START, TEST_SECRET
+from billing.services import token_keys
+from billing.services.tokens import TokenKey, TokenSigner
+from tests.conftest import START
 
 REPO = Path(__file__).resolve().parent.parent
 NEWSPAPER_APP = REPO / "examples" / "newspaper" / "app.py"
 CLIENT_ID = "cli_paper"
+PAPER_KEY = TokenKey.parse("tk_paperNEW.Q3VycmVudFRva2VuS2V5T2ZUaGVUZXN0TmV3c3BhcGV")
+OLD_PAPER_KEY = TokenKey.parse("tk_paperOLD.T2xkZXJUb2tlbktleU9mVGhlVGVzdE5ld3NwYXBlcjA")
 PAID = "/articles/veldoria-coalition-talks"
 FREE = "/articles/council-tests-four-day-week"
 
@@ -85,7 +88,7 @@ def paper(paper_clock: FixedClock, tollgate: FakeTollgate) -> Flask:
             "TOLLGATE_URL": "https://tollgate.example",
             "TOLLGATE_CLIENT_ID": CLIENT_ID,
             "TOLLGATE_API_KEY": "tg_testtest." + "k" * 43,
-            "TOLLGATE_TOKEN_SECRETS": [TEST_SECRET],
+            "TOLLGATE_TOKEN_KEYS": [str(PAPER_KEY)],
             "SECRET_KEY": "newspaper-test-secret",
             "CLOCK": paper_clock,
         }
@@ -102,23 +105,15 @@ def reader_browser(paper: Flask) -> FlaskClient:
 
 def issue(
     *,
-    granted: bool = True,
     reason: str = "trial",
-    client_id: str | None = CLIENT_ID,
+    client_id: str = CLIENT_ID,
     now: datetime = START,
-    secret: str = TEST_SECRET,
+    key: TokenKey = PAPER_KEY,
     until: datetime | None = START + timedelta(days=14),
 ) -> str:
     """A token as Tollgate's ``/access`` issues it."""
-    token, _ = TokenSigner([secret]).issue(
-        reader_id="rdr_someone",
-        granted=granted,
-        reason=reason,
-        plan=None,
-        group=None,
-        until=until if granted else None,
-        client_id=client_id,
-        now=now,
+    token, _ = TokenSigner([key], client_id=client_id).issue(
+        reader_id="rdr_someone", reason=reason, plan=None, group_id=None, until=until, now=now
     )
     return token
 
@@ -179,7 +174,7 @@ def test_the_newspapers_defaults_are_the_demo_client_that_seed_demo_creates() ->
     assert defaults["TOLLGATE_URL"] == "http://127.0.0.1:5000"
     assert defaults["TOLLGATE_CLIENT_ID"] == cli.DEMO_NEWSPAPER_CLIENT_ID
     assert defaults["TOLLGATE_API_KEY"] == cli.DEMO_NEWSPAPER_KEY
-    assert defaults["TOLLGATE_TOKEN_SECRETS"] == ["dev-secret-change-me"]
+    assert defaults["TOLLGATE_TOKEN_KEYS"] == [cli_tokens.DEMO_NEWSPAPER_TOKEN_KEY]
     assert defaults["SESSION_COOKIE_NAME"] != "session"  # Tollgate's cookie, on the same host
 
 
@@ -189,14 +184,14 @@ def test_the_newspaper_reads_its_settings_from_the_environment() -> None:
             "TOLLGATE_URL": "https://tollgate.example/",
             "TOLLGATE_CLIENT_ID": "cli_x",
             "TOLLGATE_API_KEY": "tg_key",
-            "TOLLGATE_TOKEN_SECRETS": "new-secret, old-secret",
+            "TOLLGATE_TOKEN_KEYS": f"{PAPER_KEY}, {OLD_PAPER_KEY}",
             "NEWSPAPER_SECRET": "paper",
         }
     )
     assert settings["TOLLGATE_URL"] == "https://tollgate.example"
     assert settings["TOLLGATE_CLIENT_ID"] == "cli_x"
     assert settings["TOLLGATE_API_KEY"] == "tg_key"
-    assert settings["TOLLGATE_TOKEN_SECRETS"] == ["new-secret", "old-secret"]
+    assert settings["TOLLGATE_TOKEN_KEYS"] == [str(PAPER_KEY), str(OLD_PAPER_KEY)]
     assert settings["SECRET_KEY"] == "paper"
 
 
@@ -218,6 +213,22 @@ def test_seed_demo_creates_the_newspapers_client_once_with_its_known_key(
     )
     assert response.status_code == 200
     assert response.get_json()["granted"] is False
+    assert cli_tokens.DEMO_NEWSPAPER_TOKEN_KEY in result.output
+    signer = token_keys.signer_for(
+        session,
+        clients[0],
+        wrapper=token_keys.current_wrapper(),
+        now=START,
+        ttl=timedelta(minutes=15),
+    )
+    token, _ = signer.issue(
+        reader_id="rdr_x", reason="trial", plan=None, group_id=None, until=None, now=START
+    )
+    newspaper_side = TokenSigner(
+        load_newspaper().settings_from_env({})["TOLLGATE_TOKEN_KEYS"],
+        client_id=cli.DEMO_NEWSPAPER_CLIENT_ID,
+    )
+    assert newspaper_side.verify(token, now=START).reader_id == "rdr_x"
 
 
 def test_seed_demo_creates_no_client_with_a_public_key_in_production(
@@ -227,6 +238,7 @@ def test_seed_demo_creates_no_client_with_a_public_key_in_production(
     result = runner.invoke(args=["billing", "seed-demo"])
     assert result.exit_code == 0, result.output
     assert cli.DEMO_NEWSPAPER_KEY not in result.output
+    assert cli_tokens.DEMO_NEWSPAPER_TOKEN_KEY not in result.output
     assert session.scalars(select(ApiClient)).all() == []
 
 
@@ -275,7 +287,7 @@ def test_a_paywalled_article_without_a_token_shows_the_paywall_linking_to_tollga
 def test_a_granted_token_handed_over_opens_the_article(reader_browser: FlaskClient) -> None:
     response = hand_over(reader_browser, issue())
     assert response.status_code == 200
-    assert response.get_json() == {"stored": True, "granted": True, "reason": "trial"}
+    assert response.get_json() == {"stored": True, "reason": "trial"}
     page = reader_browser.get(PAID).get_data(as_text=True)
     assert "data-article-body" in page
     assert 'data-access="trial"' in page
@@ -286,8 +298,12 @@ def test_a_granted_token_handed_over_opens_the_article(reader_browser: FlaskClie
     ("token", "error"),
     [
         pytest.param(lambda: issue(client_id="cli_other"), "invalid", id="another-sites-token"),
-        pytest.param(lambda: issue(client_id=None), "invalid", id="no-client"),
-        pytest.param(lambda: issue(secret="another-secret-entirely"), "invalid", id="other-key"),
+        pytest.param(lambda: issue(key=TokenKey.generate()), "invalid", id="other-key"),
+        pytest.param(
+            lambda: issue(key=TokenKey(PAPER_KEY.kid, OLD_PAPER_KEY.secret)),
+            "invalid",
+            id="our-kid-another-secret",
+        ),
         pytest.param(lambda: issue()[:-2] + "AA", "invalid", id="tampered"),
         pytest.param(lambda: "not-a-token", "invalid", id="garbage"),
         pytest.param(lambda: issue(now=START - timedelta(minutes=16)), "expired", id="expired"),
@@ -302,12 +318,14 @@ def test_a_token_that_does_not_verify_is_refused_and_keeps_the_paywall(
     assert not reads(reader_browser)
 
 
-def test_a_refusal_token_shows_the_paywall_with_the_reason(reader_browser: FlaskClient) -> None:
-    hand_over(reader_browser, issue(granted=False, reason="trial_expired"))
-    page = reader_browser.get(PAID).get_data(as_text=True)
-    assert 'data-reason="trial_expired"' in page
-    assert "Your free trial has ended." in page
-    assert "data-article-body" not in page
+def test_a_token_of_a_rotated_older_key_the_site_still_lists_opens_the_article(
+    reader_browser: FlaskClient, paper: Flask
+) -> None:
+    paper.extensions["paywall"] = load_newspaper().Paywall(
+        {**paper.config, "TOLLGATE_TOKEN_KEYS": [str(PAPER_KEY), str(OLD_PAPER_KEY)]}
+    )
+    assert hand_over(reader_browser, issue(key=OLD_PAPER_KEY)).status_code == 200
+    assert reads(reader_browser)
 
 
 def test_a_token_posted_from_another_site_or_not_as_json_is_refused(
@@ -354,14 +372,6 @@ def test_an_expired_grant_goes_through_tollgate_once_without_a_page(
     assert reader_browser.get(PAID).status_code == 302
 
 
-def test_an_expired_refusal_just_shows_the_paywall(
-    reader_browser: FlaskClient, paper_clock: FixedClock
-) -> None:
-    hand_over(reader_browser, issue(granted=False, reason="none"))
-    paper_clock.advance(minutes=15)
-    assert not reads(reader_browser)
-
-
 def test_the_fragment_script_moves_the_token_into_the_session_and_reloads(
     reader_browser: FlaskClient,
 ) -> None:
@@ -370,6 +380,7 @@ def test_the_fragment_script_moves_the_token_into_the_session_and_reloads(
     with reader_browser.get("/static/token.js") as response:
         script = response.get_data(as_text=True)
     assert "tollgate_token=" in script
+    assert "tollgate_error=" in script
     assert 'fetch("/session"' in script
     assert "history.replaceState" in script
     assert "location.reload()" in script
@@ -440,7 +451,7 @@ def test_the_ip_check_calls_tollgates_api_with_the_key(
             "TOLLGATE_URL": url,
             "TOLLGATE_CLIENT_ID": CLIENT_ID,
             "TOLLGATE_API_KEY": "tg_testtest.key",
-            "TOLLGATE_TOKEN_SECRETS": [TEST_SECRET],
+            "TOLLGATE_TOKEN_KEYS": [str(PAPER_KEY)],
             "IP_CHECK_TTL": 60,
             "IP_CHECK_FAILURE_TTL": 10,
         }
@@ -458,7 +469,7 @@ def test_an_unreachable_tollgate_means_the_paywall_not_an_error(
             "TOLLGATE_URL": "http://127.0.0.1:9",
             "TOLLGATE_CLIENT_ID": CLIENT_ID,
             "TOLLGATE_API_KEY": "tg_testtest.key",
-            "TOLLGATE_TOKEN_SECRETS": [TEST_SECRET],
+            "TOLLGATE_TOKEN_KEYS": [str(PAPER_KEY)],
             "IP_CHECK_TTL": 60,
             "IP_CHECK_FAILURE_TTL": 10,
         }

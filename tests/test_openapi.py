@@ -34,7 +34,7 @@ def api_key(session: Session, clock: FixedClock) -> str:
     factories.TrialFactory(
         reader=factories.reader(public_id=EXAMPLE_READER_ID, email=EXAMPLE_EMAIL)
     )
-    _, key = api_clients.create(
+    _, key, _token_key = api_clients.create(
         session,
         name="schemathesis",
         scopes=api_clients.SCOPES,

@@ -55,6 +55,7 @@ def test_production_adds_hsts_and_secure_cookies() -> None:
         {
             "TOLLGATE_ENV": "production",
             "SECRET_KEYS": "p" * 40,
+            "TOKEN_KEY_WRAPPING_SECRETS": "w" * 40,
             "DATABASE_URL": "postgresql://db.internal/tollgate",
             "STRIPE_SECRET_KEY": "sk_live_x",
             "STRIPE_WEBHOOK_SECRETS": "whsec_live",
@@ -103,7 +104,7 @@ def test_metrics_count_the_stripe_events_handled(client: FlaskClient, clock: Fix
 
 def test_metrics_count_the_api_decisions_by_reason(client: FlaskClient, session: Session) -> None:
     grant = factories.GrantFactory()
-    _client, key = api_clients.create(
+    _client, key, _token_key = api_clients.create(
         session,
         name="metrics",
         scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],

@@ -254,7 +254,7 @@ def test_the_api_grants_a_visitor_from_an_approved_range_naming_the_group(
         rules=groups.GroupRules(),
         now=clock.now(),
     )
-    _client, key = api_clients.create(
+    _client, key, _token_key = api_clients.create(
         session,
         name="site",
         scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],

@@ -33,6 +33,7 @@ from billing.models.payments import (
 )
 from billing.models.plans import Plan
 from billing.models.readers import Reader, Trial
+from billing.models.token_keys import TokenKey, TokenKeyState
 
 __all__ = [
     "ApiClient",
@@ -63,6 +64,8 @@ __all__ = [
     "SubscriptionEvent",
     "SubscriptionEventKind",
     "SubscriptionStatus",
+    "TokenKey",
+    "TokenKeyState",
     "Trial",
     "TrialStatus",
     "WebhookEvent",

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from billing.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
 from billing.models import ApiClient, Reader
+from billing.services import token_keys, tokens
 
 SCOPE_ENTITLEMENTS_READ = "entitlements:read"
 SCOPE_TOKENS_ISSUE = "tokens:issue"
@@ -217,8 +218,12 @@ def create(
     allowed_origins: Iterable[str] = (),
     created_by: Reader | None,
     now: datetime,
-) -> tuple[ApiClient, str]:
-    """Create a client; return it and its key, the only time the key is known in full."""
+    wrapper: token_keys.KeyWrapper | None = None,
+) -> tuple[ApiClient, str, tokens.TokenKey]:
+    """Create a client with its first token key; return it, its API key and its token key.
+
+    This is the only time either key is known in full. ``wrapper`` defaults to the running app's.
+    """
     client_name = check_name(name)
     client_scopes = check_scopes(scopes)
     origins = check_origins(allowed_origins)
@@ -234,7 +239,10 @@ def create(
     )
     session.add(client)
     session.flush()
-    return client, key
+    token_key = token_keys.create_key(
+        session, client, wrapper=wrapper or token_keys.current_wrapper(), now=now
+    )
+    return client, key, token_key
 
 
 def all_clients(session: Session) -> Sequence[ApiClient]:
@@ -266,10 +274,14 @@ def rotate(session: Session, client: ApiClient) -> str:
 
 
 def revoke(client: ApiClient, *, now: datetime) -> None:
-    """Revoke ``client``: its key stops working for good (see the module docs for the bound)."""
+    """Revoke ``client``: its API key and token keys stop working for good.
+
+    The API key within the cache bound (see the module docs), the token keys at once.
+    """
     if client.revoked_at is not None:
         raise Conflict("This API client is already revoked.", field="client_id")
     client.revoked_at = now
+    token_keys.revoke_all(client, now=now)
 
 
 class ClientCache:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from billing.errors import Conflict
 from billing.models import Group, Reader, Subscription, SubscriptionStatus
 from billing.services.tokens import TokenSigner
 
@@ -196,18 +197,31 @@ def _refusal_reason(reader: Reader, subscriptions: list[Subscription], now: date
     return Reason.NONE
 
 
+class AccessRefused(Conflict):
+    """The decision refuses access, so no token is issued: a token only ever grants."""
+
+    code = "access_refused"
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(
+            f"This reader may not read now ({decision.reason.value}), so no token is issued.",
+            field="reader_id",
+        )
+        self.decision = decision
+
+
 def issue_token(
     signer: TokenSigner,
     decide_at: Callable[[datetime], Decision],
     *,
     reader_id: str | None,
-    client_id: str,
     now: datetime,
 ) -> tuple[str, datetime, Decision]:
-    """Sign the decision ``decide_at(now)`` into an access token: (token, expires at, decision).
+    """Sign the granting decision ``decide_at(now)`` into an access token: (token, expires, decision).
 
-    A token lives at least until the end of the second it is signed in, so a grant that ends within
-    that second is signed as the decision taken a second later: the refusal it is about to become.
+    Raises AccessRefused when the decision refuses. A token lives at least until the end of the
+    second it is signed in, so a grant that ends within that second is judged as the decision
+    taken a second later: the refusal it is about to become.
     """
     decision = decide_at(now)
     if (
@@ -216,14 +230,14 @@ def issue_token(
         and decision.until - now < timedelta(seconds=1)
     ):
         decision = decide_at(now + timedelta(seconds=1))
+    if not decision.granted:
+        raise AccessRefused(decision)
     token, expires_at = signer.issue(
         reader_id=reader_id,
-        granted=decision.granted,
         reason=decision.reason.value,
         plan=decision.plan,
-        group=decision.group,
+        group_id=decision.group,
         until=decision.until,
-        client_id=client_id,
         now=now,
     )
     return token, expires_at, decision

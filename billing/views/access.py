@@ -7,15 +7,19 @@ never sent to a server, so the token is in no access log and no ``Referer``).
 - ``client`` must be a known API client that is not revoked, and ``return_to`` must be on one of
   its allowed origins exactly (scheme, host and port); anything else gets a 400 page, never a
   redirect (:func:`checked_return_to` has the rules).
-- A logged-in reader whose decision grants access goes straight back (302).
+- ``client`` must also have a token key that signs (its own key set: never ``SECRET_KEYS``);
+  otherwise the reader gets a 400 page saying the site is not set up yet.
+- A reader whose decision grants access (by account, or by the office network they are on) goes
+  straight back (302) with a token. **A token only ever grants**: a refusal is never signed.
 - A logged-in reader without access sees why, the offers that apply to them, and "Back to the
-  article", which returns with a token carrying the refusal so the content site can say why.
+  article", which returns to ``<return_to>#tollgate_error=access_denied``.
 - A visitor who is not logged in sees the offers: log in, start the free trial, subscribe, access
   through their organisation. Every link carries ``next=/access?...`` through log-in, sign-up,
   e-mail verification and trial start, so the reader ends up back here, and from here on the site.
-- ``prompt=none`` never shows a page: the reader goes straight back with a token carrying the
-  decision, a refusal included (``none`` for a visitor who is not logged in). The content site uses
-  it to renew an expired token without interrupting the reader.
+- ``prompt=none`` never shows a page, as in OpenID Connect: a reader with access goes back with a
+  token, anyone else goes back with no token to ``<return_to>#tollgate_error=login_required`` (not
+  logged in) or ``#tollgate_error=access_denied`` (logged in, no access). The content site uses it
+  to renew an expired token without interrupting the reader.
 
 Tokens are issued only here and by the API, from the decision taken at that moment: a reader who
 logs out or loses access gets no new token, and the one they hold expires within
@@ -25,7 +29,7 @@ logs out or loses access gets no new token, and the one they hold expires within
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlencode, urlsplit
 
 from flask import (
@@ -46,8 +50,9 @@ from billing.clock import current_clock
 from billing.errors import DomainError, NotFound, ValidationFailed
 from billing.inputs import InvalidText
 from billing.models import ApiClient, Reader
-from billing.services import api_clients, entitlements, groups, trials
+from billing.services import api_clients, entitlements, groups, token_keys, trials
 from billing.services.entitlements import Decision, Reason
+from billing.services.tokens import TokenSigner
 from billing.views import guards
 from billing.views.account import REASON_WORDS
 from billing.views.forms import ButtonForm
@@ -56,6 +61,10 @@ bp = Blueprint("access", __name__)
 
 TOKEN_PARAMETER = "tollgate_token"  # noqa: S105 - a name, not a secret
 """The name of the token in the fragment of the address the reader is sent back to."""
+ERROR_PARAMETER = "tollgate_error"
+"""The name of the error in that fragment when there is no token (OpenID Connect's words)."""
+LOGIN_REQUIRED = "login_required"
+ACCESS_DENIED = "access_denied"
 RETURN_TO_MAX_LENGTH = 2048
 CLIENT_ID_MAX_LENGTH = 32
 _SCHEMES = ("http", "https")
@@ -156,16 +165,22 @@ def _decide(reader: Reader | None, now: datetime) -> Decision:
     return decision
 
 
-def _token(reader: Reader | None, client: ApiClient, now: datetime) -> tuple[str, Decision]:
-    """A token carrying the current decision for ``reader`` (None: a visitor), and that decision."""
-    token, _expires_at, decision = entitlements.issue_token(
-        current_app.extensions["token_signer"],
-        lambda at: _decide(reader, at),
-        reader_id=reader.public_id if reader is not None else None,
-        client_id=client.public_id,
-        now=now,
-    )
-    return token, decision
+def _signer(client: ApiClient, now: datetime) -> TokenSigner:
+    """The signer of ``client``'s tokens; BadAccessLink when the client has no key that signs."""
+    try:
+        return token_keys.signer_for(
+            db.session(),
+            client,
+            wrapper=token_keys.current_wrapper(),
+            now=now,
+            ttl=timedelta(seconds=int(current_app.config["ACCESS_TOKEN_TTL"])),
+        )
+    except token_keys.NoTokenKey as exc:
+        raise BadAccessLink(
+            "The site that sent you here is not set up to receive readers yet, so we cannot "
+            "send you back. Please tell the site.",
+            field="client",
+        ) from exc
 
 
 def _came_from_our_pages() -> bool:
@@ -197,13 +212,25 @@ def access() -> ResponseReturnValue:
     here = access_path(client.public_id, return_to)
     now = current_clock().now()
     reader = guards.reader() if current_user.is_authenticated else None
-    token, decision = _token(reader, client, now)
-    destination = f"{return_to}#{TOKEN_PARAMETER}={token}"
-    if decision.granted and reader is not None and decision.reason == Reason.GROUP_SEAT:
-        groups.note_reading(db.session(), reader, decision.group, now=now)
-        db.session().commit()
-    if decision.granted or request.args.get("prompt") == "none":
-        return _send_back(destination)
+    signer = _signer(client, now)
+    try:
+        token, _expires_at, decision = entitlements.issue_token(
+            signer,
+            lambda at: _decide(reader, at),
+            reader_id=reader.public_id if reader is not None else None,
+            now=now,
+        )
+    except entitlements.AccessRefused as refused:
+        decision = refused.decision
+    else:
+        if reader is not None and decision.reason == Reason.GROUP_SEAT:
+            groups.note_reading(db.session(), reader, decision.group, now=now)
+            db.session().commit()
+        return _send_back(f"{return_to}#{TOKEN_PARAMETER}={token}")
+    error = LOGIN_REQUIRED if reader is None else ACCESS_DENIED
+    back = f"{return_to}#{ERROR_PARAMETER}={error}"
+    if request.args.get("prompt") == "none":
+        return _send_back(back)
     days = int(current_app.config["TRIAL_DAYS"])
     subscribe_url = url_for("payments.subscribe", next=here)
     if reader is None:
@@ -221,7 +248,7 @@ def access() -> ResponseReturnValue:
         reason_words=REASON_WORDS.get(decision.reason, decision.reason.value),
         trial_refusal=trials.refusal_reason(db.session(), reader),
         here=here,
-        back=destination,
+        back=back,
         days=days,
         subscribe_url=subscribe_url,
         form=ButtonForm(),

@@ -11,7 +11,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
 
@@ -25,7 +25,14 @@ from billing.errors import NotFound, ValidationFailed, error_body
 from billing.extensions import limiter
 from billing.metrics import ENTITLEMENT_DECISIONS
 from billing.models import Reader
-from billing.services import accounts, api_clients, decision_cache, entitlements
+from billing.services import (
+    accounts,
+    api_clients,
+    decision_cache,
+    entitlements,
+    legacy_tokens,
+    token_keys,
+)
 from billing.services.api_clients import (
     SCOPE_ENTITLEMENTS_READ,
     SCOPE_READERS_READ,
@@ -35,7 +42,13 @@ from billing.services.api_clients import (
 )
 from billing.services.decision_cache import CachedReader
 from billing.services.entitlements import Decision
-from billing.services.tokens import TokenExpired, TokenInvalid, TokenSigner
+from billing.services.tokens import (
+    KID_LENGTH,
+    AccessClaims,
+    TokenExpired,
+    TokenForAnotherClient,
+    TokenInvalid,
+)
 from billing.views import openapi
 
 bp = Blueprint("api", __name__)
@@ -71,6 +84,14 @@ def _unauthenticated(exc: InvalidApiKey) -> tuple[Response, int, dict[str, str]]
         exc.status,
         {"WWW-Authenticate": 'Bearer realm="tollgate"'},
     )
+
+
+@bp.errorhandler(entitlements.AccessRefused)
+def _refused(exc: entitlements.AccessRefused) -> tuple[Response, int]:
+    """409 in the one error shape, with the decision's reason beside the code."""
+    body = error_body(exc.code, exc.message, exc.field)
+    body["error"]["reason"] = exc.decision.reason.value
+    return jsonify(body), exc.status
 
 
 class ReaderNotFound(NotFound):
@@ -202,10 +223,6 @@ def _json_object(members: tuple[str, ...]) -> dict[str, str]:
     return body
 
 
-def _signer() -> TokenSigner:
-    return current_app.extensions["token_signer"]  # type: ignore[no-any-return]
-
-
 @bp.get("/readers/<reader_id>/entitlement")
 @requires(SCOPE_ENTITLEMENTS_READ)
 def reader_entitlement(_client: AuthenticatedClient, now: datetime, reader_id: str) -> Response:
@@ -248,11 +265,38 @@ def check(client: AuthenticatedClient, now: datetime) -> Response:
 
 
 def _token_decision(client: AuthenticatedClient, token: str, now: datetime) -> dict[str, Any]:
+    """The decision ``token`` carries, if it is a genuine, unexpired token issued to ``client``.
+
+    Tokens signed with the client's token keys carry a grant. Old-form tokens (signed with
+    ``SECRET_KEYS``) are still accepted until they expire, by the rule in
+    :mod:`billing.services.legacy_tokens`, and may carry a refusal.
+    """
+    claims: AccessClaims | legacy_tokens.LegacyClaims
     try:
-        claims = _signer().verify(token, now=now)
+        if token.startswith("tk_"):
+            verifier = token_keys.verifier_for(
+                db.session(),
+                token[:KID_LENGTH],
+                client,
+                wrapper=token_keys.current_wrapper(),
+                now=now,
+            )
+            claims = verifier.verify(token, now=now)
+        else:
+            claims = legacy_tokens.verify(
+                token,
+                current_app.config["SECRET_KEYS"],
+                client_id=client.public_id,
+                now=now,
+                max_lifetime=timedelta(seconds=int(current_app.config["ACCESS_TOKEN_TTL"])),
+            )
     except TokenExpired as exc:
         raise ValidationFailed(
             "The token has expired; ask for a new one.", field="token", code="token_expired"
+        ) from exc
+    except TokenForAnotherClient as exc:
+        raise ValidationFailed(
+            "The token was issued to another API client.", field="token", code="token_invalid"
         ) from exc
     except TokenInvalid as exc:
         raise ValidationFailed(
@@ -260,10 +304,6 @@ def _token_decision(client: AuthenticatedClient, token: str, now: datetime) -> d
             field="token",
             code="token_invalid",
         ) from exc
-    if claims.client_id is not None and claims.client_id != client.public_id:
-        raise ValidationFailed(
-            "The token was issued to another API client.", field="token", code="token_invalid"
-        )
     try:
         reason = entitlements.Reason(claims.reason)
     except ValueError as exc:
@@ -271,11 +311,11 @@ def _token_decision(client: AuthenticatedClient, token: str, now: datetime) -> d
             "The token carries an unknown reason.", field="token", code="token_invalid"
         ) from exc
     decision = Decision(
-        granted=claims.granted,
+        granted=getattr(claims, "granted", True),
         reason=reason,
         until=claims.until,
         plan=claims.plan,
-        group=claims.group,
+        group=claims.group_id,
     )
     return _decision_body(decision, claims.reader_id, now)
 
@@ -284,17 +324,23 @@ def _token_decision(client: AuthenticatedClient, token: str, now: datetime) -> d
 @api_budget
 @requires(SCOPE_TOKENS_ISSUE)
 def issue_token(client: AuthenticatedClient, now: datetime) -> tuple[Response, int]:
-    """Sign the reader's current decision into an access token."""
+    """Sign the reader's current decision into an access token; 409 when it refuses access."""
     body = _json_object(("reader_id",))
     if "reader_id" not in body:
         raise ValidationFailed("Give the reader_id.", field="reader_id")
     session, reader_id = db.session(), body["reader_id"]
     entry = _cached_reader(session, reader_id, now)
+    signer = token_keys.signer_for(
+        session,
+        client,
+        wrapper=token_keys.current_wrapper(),
+        now=now,
+        ttl=timedelta(seconds=int(current_app.config["ACCESS_TOKEN_TTL"])),
+    )
     token, expires_at, _decision = entitlements.issue_token(
-        _signer(),
+        signer,
         lambda at: _cached_reader(session, reader_id, at).decision,
         reader_id=entry.public_id,
-        client_id=client.public_id,
         now=now,
     )
     return jsonify(token=token, expires_at=_time(expires_at)), 201

@@ -182,6 +182,32 @@ def build() -> dict[str, Any]:
                 }
             },
         },
+        "AccessRefusedError": {
+            "type": "object",
+            "description": "The one error shape, with the refusing decision's reason beside the "
+            "code: `POST /api/v1/tokens` for a reader who may not read (no token is issued).",
+            "required": ["error"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "field", "reason"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"type": "string", "enum": ["access_refused"]},
+                        "message": {"type": "string", "description": "For people."},
+                        "field": {"type": "string", "enum": ["reader_id"]},
+                        "reason": {
+                            "type": "string",
+                            "enum": sorted(
+                                reason.value for reason in Reason if reason not in GRANTING_REASONS
+                            ),
+                            "description": "Why the decision refuses.",
+                        },
+                    },
+                }
+            },
+        },
         "Reason": {
             "type": "string",
             "enum": reasons,
@@ -272,8 +298,10 @@ def build() -> dict[str, Any]:
             "properties": {
                 "token": {
                     "type": "string",
-                    "description": "Verify it locally with the shared secrets (format in "
-                    "`billing/services/tokens.py`), or with `POST /api/v1/entitlement/check`.",
+                    "description": "Verify it locally with this client's token keys (format in "
+                    'the README\'s "Token format": `KID.PAYLOAD.TIMESTAMP.SIGNATURE`, payload '
+                    "members `reader_id`, `reason`, `plan`, `group_id`, `until`, `client_id`, "
+                    "`exp`), or with `POST /api/v1/entitlement/check`.",
                 },
                 "expires_at": {
                     **_DATE_TIME,
@@ -405,7 +433,10 @@ def build() -> dict[str, Any]:
                 operation_id="checkEntitlement",
                 summary="Check a token, a reader, or an address",
                 description="With a token: verifies it (signature, expiry, and that it was issued "
-                "to this API client) and returns the decision it carries; an expired token is a "
+                "to this API client, with one of its token keys that is neither retired nor "
+                "revoked) and returns the decision it carries; a token of the old form, signed "
+                "before token keys, is accepted until its `exp` (and never from 2027-01-31); an "
+                "expired token is a "
                 "400 `token_expired`, any other bad token a 400 `token_invalid`, both naming the "
                 "field `token`. With `reader_id`: the reader's decision (and, when it is a "
                 "refusal and `ip` is given, the address's decision if that grants). With `ip` "
@@ -421,15 +452,33 @@ def build() -> dict[str, Any]:
             "post": _operation(
                 operation_id="issueToken",
                 summary="Issue an access token for a reader",
-                description="Signs the reader's current decision (refusals too, so the content "
-                "site knows why). The token lives for the configured lifetime (15 minutes by "
-                "default), never past the decision's `until`.",
+                description="Signs the reader's current decision with the client's signing token "
+                "key, when it grants. The token lives for the configured lifetime (15 minutes by "
+                "default), never past the decision's `until`, and is refused at its `exp`. A "
+                "reader who may not read gets a 409 `access_refused` with the decision's "
+                "`reason`, and no token; a client with no token key that signs a 409 "
+                "`no_token_key`.",
                 scope=SCOPE_TOKENS_ISSUE,
                 request_body=_json_body(_ref("schemas", "TokenRequest"), "Whose token."),
                 responses={
                     "201": _ok("Token", "The token and its expiry."),
                     "400": bad_request,
                     "404": not_found_reader,
+                    "409": {
+                        "description": "No token: the reader may not read (`access_refused`, "
+                        "with the decision's `reason`), or the client has no token key that "
+                        "signs now (`no_token_key`, in the plain error shape).",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        _ref("schemas", "AccessRefusedError"),
+                                        _ref("schemas", "Error"),
+                                    ]
+                                }
+                            }
+                        },
+                    },
                 },
                 rate_limited=True,
             )

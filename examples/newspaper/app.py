@@ -10,17 +10,18 @@ Tollgate's pages and API over HTTP. How it works with Tollgate:
    posts the token to ``/session``, which verifies it and keeps it in this site's signed session
    cookie, and reloads the page without the fragment.
 3. Every view of a paywalled article verifies the token locally (an HMAC: no network call).
-4. When a token that granted access expires, the reader goes through ``/access`` again with
-   ``prompt=none``: Tollgate sends them straight back with a fresh token (granted or not) and
-   never shows a page, so a reader who still has access notices nothing, and one who logged out
-   of Tollgate or lost access sees the paywall again. An expired refusal or an invalid token
-   just shows the paywall.
+4. When a token expires, the reader goes through ``/access`` again with ``prompt=none``:
+   Tollgate never shows a page and sends them straight back, with a fresh token if they still
+   have access (they notice nothing), or with ``#tollgate_error=login_required`` or
+   ``access_denied`` and no token (they see the paywall again). A token only ever grants; an
+   invalid one, or one issued to another site, just shows the paywall.
 5. A visitor without a token that grants access may still read from an organisation's network:
    the site asks Tollgate's API (``GET /api/v1/entitlement?ip=``), and keeps the answer a minute.
 
 Settings (environment variables, with development defaults that match ``flask billing
 seed-demo``): ``TOLLGATE_URL``, ``TOLLGATE_CLIENT_ID``, ``TOLLGATE_API_KEY``,
-``TOLLGATE_TOKEN_SECRETS`` (Tollgate's ``SECRET_KEYS``, comma-separated) and ``NEWSPAPER_SECRET``.
+``TOLLGATE_TOKEN_KEYS`` (this client's token keys as Tollgate showed them, ``tk_...``,
+comma-separated: never Tollgate's ``SECRET_KEYS``) and ``NEWSPAPER_SECRET``.
 ``create_app(config)`` takes the same keys, and ``CLOCK`` (anything with ``now()``) for tests.
 """
 
@@ -62,7 +63,7 @@ TOKENS_PY = HERE.parent.parent / "billing" / "services" / "tokens.py"
 DEV_TOLLGATE_URL = "http://127.0.0.1:5000"
 DEV_CLIENT_ID = "cli_demo-newspaper"
 DEV_API_KEY = "tg_newsdemo.demo-newspaper-key-for-local-use-only-00000"
-DEV_TOKEN_SECRET = "dev-secret-change-me"  # noqa: S105 - Tollgate's development secret
+DEV_TOKEN_KEY = "tk_newsdemo.demo-newspaper-token-key-local-use-only-000"  # noqa: S105
 DEV_NEWSPAPER_SECRET = "dev-newspaper-secret-change-me"  # noqa: S105
 TOKEN_SESSION_KEY = "tollgate"  # noqa: S105 - a name, not a secret
 VISITOR_ADDRESS_KEY = "dev_visitor_address"
@@ -190,15 +191,6 @@ ARTICLES: tuple[Article, ...] = (
 )
 ARTICLES_BY_SLUG = {article.slug: article for article in ARTICLES}
 
-REFUSAL_WORDS = {
-    "email_unverified": "Confirm your e-mail address to start reading: we sent you a link.",
-    "trial_expired": "Your free trial has ended.",
-    "subscription_ended": "Your subscription has ended.",
-    "payment_failed": "Your last payment did not go through.",
-    "seat_removed": "Your organisation's seat was removed.",
-}
-"""What the paywall says to a reader Tollgate refused, by reason (``none`` says nothing)."""
-
 
 class SystemClock:
     """The wall clock, in UTC."""
@@ -219,7 +211,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any
         "TOLLGATE_URL": (env.get("TOLLGATE_URL") or DEV_TOLLGATE_URL).rstrip("/"),
         "TOLLGATE_CLIENT_ID": env.get("TOLLGATE_CLIENT_ID") or DEV_CLIENT_ID,
         "TOLLGATE_API_KEY": env.get("TOLLGATE_API_KEY") or DEV_API_KEY,
-        "TOLLGATE_TOKEN_SECRETS": _csv(env.get("TOLLGATE_TOKEN_SECRETS") or DEV_TOKEN_SECRET),
+        "TOLLGATE_TOKEN_KEYS": _csv(env.get("TOLLGATE_TOKEN_KEYS") or DEV_TOKEN_KEY),
         "SECRET_KEY": env.get("NEWSPAPER_SECRET") or DEV_NEWSPAPER_SECRET,
         "IP_CHECK_TTL": 60,
         "IP_CHECK_FAILURE_TTL": 10,
@@ -249,7 +241,9 @@ class Paywall:
         self.tollgate_url: str = str(config["TOLLGATE_URL"]).rstrip("/")
         self.client_id: str = config["TOLLGATE_CLIENT_ID"]
         self.api_key: str = config["TOLLGATE_API_KEY"]
-        self.signer = tokens.TokenSigner(list(config["TOLLGATE_TOKEN_SECRETS"]))
+        self.verifier = tokens.TokenSigner(
+            list(config["TOLLGATE_TOKEN_KEYS"]), client_id=self.client_id
+        )
         self.ip_ttl = timedelta(seconds=int(config["IP_CHECK_TTL"]))
         self.ip_failure_ttl = timedelta(seconds=int(config["IP_CHECK_FAILURE_TTL"]))
         self._ip_answers: dict[str, tuple[Access, datetime]] = {}
@@ -260,10 +254,7 @@ class Paywall:
 
         Raises ``tokens.TokenExpired`` or ``tokens.TokenInvalid`` (also for another site's token).
         """
-        claims = self.signer.verify(token, now=now)
-        if claims.client_id != self.client_id:
-            raise tokens.TokenInvalid("token issued to another site")
-        return claims
+        return self.verifier.verify(token, now=now)
 
     def access_url(self, return_to: str, **extra: str) -> str:
         """Tollgate's ``/access`` address that comes back to ``return_to``."""
@@ -324,7 +315,7 @@ def _now() -> datetime:
 
 
 def _token_access(now: datetime) -> tuple[Access | None, bool]:
-    """What the stored token says (None: no usable token), and whether it was an expired grant."""
+    """What the stored token grants (None: no usable token), and whether it just expired."""
     stored = session.get(TOKEN_SESSION_KEY)
     if not isinstance(stored, dict) or not isinstance(stored.get("token"), str):
         return None, False
@@ -332,11 +323,11 @@ def _token_access(now: datetime) -> tuple[Access | None, bool]:
         claims = _paywall().verify(stored["token"], now)
     except tokens.TokenExpired:
         session.pop(TOKEN_SESSION_KEY, None)
-        return None, bool(stored.get("granted"))
+        return None, True
     except tokens.TokenInvalid:
         session.pop(TOKEN_SESSION_KEY, None)
         return None, False
-    return Access(granted=claims.granted, reason=claims.reason, until=claims.until), False
+    return Access(granted=True, reason=claims.reason, until=claims.until), False
 
 
 def _may_renew(now: datetime) -> bool:
@@ -386,19 +377,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         here = url_for("article", slug=slug, _external=True)
         if expired_grant and _may_renew(now):
             return redirect(_paywall().access_url(here, prompt="none"))
-        if access is None or not access.granted:
+        if access is None:
             by_network = _paywall().network_access(_visitor_address(), now)
             if by_network.granted:
                 access = by_network
-        if access is not None and access.granted:
+        if access is not None:
             return render_template("article.html", article=story, access=access)
-        reason = access.reason if access is not None else None
         return render_template(
-            "article.html",
-            article=story,
-            access=access,
-            refusal=REFUSAL_WORDS.get(reason or ""),
-            access_url=_paywall().access_url(here),
+            "article.html", article=story, access=None, access_url=_paywall().access_url(here)
         )
 
     @app.get("/dev/visit-from")
@@ -432,9 +418,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             return jsonify(stored=False, error="expired"), 400
         except tokens.TokenInvalid:
             return jsonify(stored=False, error="invalid"), 400
-        session[TOKEN_SESSION_KEY] = {"token": token, "granted": claims.granted}
+        session[TOKEN_SESSION_KEY] = {"token": token}
         session.pop(RENEWING_SESSION_KEY, None)
-        return jsonify(stored=True, granted=claims.granted, reason=claims.reason)
+        return jsonify(stored=True, reason=claims.reason)
 
     return app
 

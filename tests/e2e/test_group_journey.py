@@ -26,7 +26,6 @@ from billing.models import GroupIPRange
 from billing.services import api_clients, groups
 from tests import factories
 from tests.browser import LiveServer, serve
-from tests.conftest import TEST_SECRET
 from tests.e2e.test_subscribe_journey import fill_card, log_in
 from tests.payments_support import plans_on_sale
 from tests.stripe_server import LocalstripeServer
@@ -50,7 +49,7 @@ def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> I
     """The newspaper on a free port, registered with Tollgate, browsing as any address in dev."""
 
     def build(url: str) -> Flask:
-        client, key = api_clients.create(
+        client, key, token_key = api_clients.create(
             session,
             name="The Daily Meridian",
             scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],
@@ -64,7 +63,7 @@ def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> I
                 "TOLLGATE_URL": live_server.url,
                 "TOLLGATE_CLIENT_ID": client.public_id,
                 "TOLLGATE_API_KEY": key,
-                "TOLLGATE_TOKEN_SECRETS": [TEST_SECRET],
+                "TOLLGATE_TOKEN_KEYS": [str(token_key)],
                 "SECRET_KEY": "newspaper-e2e-secret",
                 "CLOCK": clock,
                 "DEV_BROWSE_AS_ADDRESS": True,

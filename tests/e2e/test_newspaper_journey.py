@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 from billing.clock import FixedClock
 from billing.services import api_clients
 from tests.browser import LiveServer, serve
-from tests.conftest import TEST_SECRET
 from tests.factories import PASSWORD
 from tests.test_newspaper import load_newspaper
 
@@ -35,7 +34,7 @@ def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> I
     """The newspaper on a free port, registered with Tollgate as an API client for its origin."""
 
     def build(url: str) -> Flask:
-        client, key = api_clients.create(
+        client, key, token_key = api_clients.create(
             session,
             name="The Daily Meridian",
             scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],
@@ -49,7 +48,7 @@ def newspaper(live_server: LiveServer, session: Session, clock: FixedClock) -> I
                 "TOLLGATE_URL": live_server.url,
                 "TOLLGATE_CLIENT_ID": client.public_id,
                 "TOLLGATE_API_KEY": key,
-                "TOLLGATE_TOKEN_SECRETS": [TEST_SECRET],
+                "TOLLGATE_TOKEN_KEYS": [str(token_key)],
                 "SECRET_KEY": "newspaper-e2e-secret",
                 "CLOCK": clock,
             }
@@ -108,10 +107,14 @@ def test_a_visitor_starts_a_trial_from_the_paywall_reads_and_is_paywalled_when_i
     expect(body).to_be_visible()
 
     clock.advance(days=15)  # past the trial's end, and long past the token's
-    page.reload()
-    expect(page).to_have_url(article_url)
+    visited: list[str] = []
+    page.on("framenavigated", lambda frame: visited.append(frame.url))
+    page.on("request", lambda request: visited.append(request.url))
+    page.reload()  # renewed through /access?prompt=none: back with #tollgate_error, no token
+    expect(page).to_have_url(article_url)  # token.js took the error out of the address
     expect(paywall).to_be_visible()
-    expect(paywall).to_have_attribute("data-reason", "trial_expired")
-    expect(paywall).to_contain_text("Your free trial has ended.")
+    expect(paywall).not_to_have_attribute("data-reason", re.compile(".*"))
     expect(body).to_have_count(0)
+    assert any("prompt=none" in url for url in visited), visited
+    assert any(url.endswith("#tollgate_error=access_denied") for url in visited), visited
     screenshot(page, "5-paywalled-again")

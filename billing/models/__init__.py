@@ -33,6 +33,7 @@ from billing.models.payments import (
 )
 from billing.models.plans import Plan
 from billing.models.readers import Reader, Trial
+from billing.models.vat import TaxRate
 
 __all__ = [
     "ApiClient",
@@ -63,6 +64,7 @@ __all__ = [
     "SubscriptionEvent",
     "SubscriptionEventKind",
     "SubscriptionStatus",
+    "TaxRate",
     "Trial",
     "TrialStatus",
     "WebhookEvent",

@@ -59,7 +59,7 @@ from billing.models import (
     TrialStatus,
 )
 from billing.models.enums import BillingInterval
-from billing.services import audit
+from billing.services import audit, taxes
 from billing.services.stripe_mirror import (
     PROBLEM_STATUSES,
     Change,
@@ -357,13 +357,18 @@ def subscribe(
         select(func.count(Subscription.id)).where(Subscription.customer_id == customer.id)
     )
     with _talking_to_stripe():
+        tax_rate = taxes.tax_rates_for(
+            session, gateway, customer, now=now, settings=taxes.current_settings()
+        )
         created = gateway.create_subscription(
             customer.stripe_id,
             plan.stripe_price_id,
             metadata={"tollgate_reader_id": reader.public_id, "tollgate_plan": plan.code},
             idempotency_key=f"tollgate-subscribe-{customer.stripe_id}-{attempt}-{plan.code}",
+            tax_rate_ids=taxes.tax_rate_ids(tax_rate),
         )
         subscription = _sync_after_change(session, gateway, created, now=now)
+        subscription.tax_rate_id = tax_rate.id if tax_rate is not None else None
     audit.record(
         session,
         now=now,
@@ -667,6 +672,9 @@ def start_scheduled(
         if s.metadata.get("tollgate_scheduled_id") == tag and is_ours(s)
     ]
     created = found[0] if found else None
+    tax_rate = taxes.tax_rates_for(
+        session, gateway, customer, now=now, settings=taxes.current_settings()
+    )
     if created is None:
         created = gateway.create_subscription(
             customer.stripe_id,
@@ -677,8 +685,10 @@ def start_scheduled(
                 "tollgate_scheduled_id": tag,
             },
             idempotency_key=f"tollgate-scheduled-{scheduled.id}",
+            tax_rate_ids=taxes.tax_rate_ids(tax_rate),
         )
     subscription = _sync_after_change(session, gateway, created, now=now)
+    subscription.tax_rate_id = tax_rate.id if tax_rate is not None else None
     if subscription.status == SubscriptionStatus.INCOMPLETE:
         mail_payment_problem(session, gateway, subscription, created.latest_invoice_id)
     scheduled.started_at = now
@@ -796,6 +806,7 @@ def _mirror_card(customer: Customer, card: CardData) -> None:
             "card_brand": card_label(card),
             "card_last4": card.last4,
             "default_payment_method_id": card.payment_method_id,
+            "card_country": card.country,
         },
     )
 

@@ -64,7 +64,7 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.models.payments import ENDED_STATUSES
-from billing.services import mail
+from billing.services import mail, taxes
 from billing.services.accounts import by_public_id, canonical_email
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ def sync_charge_refunds(
             "status": data.status,
             "reason": data.reason,
             "created_at": data.created,
+            "tax": taxes.refund_tax(invoice, data.amount),
         }
         synced = _upsert(session, Refund, data.id, values, _locked(session, Refund, data.id))
         assert synced.row is not None
@@ -742,6 +743,15 @@ def _sync_invoice(
                 session, gateway, data.subscription_id, now, event_id
             ).row
     values = _invoice_values(data, customer, subscription)
+    values.update(
+        taxes.invoice_tax_values(
+            session,
+            data,
+            customer,
+            row,
+            publisher_country=taxes.current_settings().publisher_country,
+        )
+    )
     return _upsert(session, Invoice, data.id, values, row)
 
 

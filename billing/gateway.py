@@ -291,6 +291,17 @@ class StripeInvoiceData:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class InvoicePreviewData:
+    """What a subscription's next invoice will be, as Stripe previews it (nothing is stored)."""
+
+    currency: str
+    subtotal: int
+    tax: int
+    total: int
+    tax_rate_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StripeTaxRateData:
     """A Stripe Tax Rate: ``percentage`` of VAT, included in the price when ``inclusive``."""
 
@@ -1426,6 +1437,21 @@ class StripeGateway:
             self._tax_rate(rate.to_dict())
             for rate in self._client.v1.tax_rates.list({"limit": 100}).auto_paging_iter()
         ]
+
+    @_translating
+    def preview_next_invoice(self, customer_id: str, subscription_id: str) -> InvoicePreviewData:
+        """The subscription's next invoice as it stands (``POST /v1/invoices/create_preview``):
+        its total and the VAT inside at the Tax Rates it carries now."""
+        raw = self._client.v1.invoices.create_preview(
+            {"customer": customer_id, "subscription": subscription_id}
+        ).to_dict()
+        return InvoicePreviewData(
+            currency=_str(raw, "currency"),
+            subtotal=_int(raw.get("subtotal")),
+            tax=self._dialect.invoice_tax(raw),
+            total=_int(raw.get("total")),
+            tax_rate_ids=self._dialect.invoice_tax_rate_ids(raw),
+        )
 
     @_translating
     def set_subscription_tax_rates(

@@ -168,7 +168,9 @@ def sync_charge_refunds(
         else None
     )
     refunds: list[Refund] = []
-    for data in gateway.list_refunds(stripe_charge_id):
+    found = gateway.list_refunds(stripe_charge_id)
+    refund_taxes = taxes.refund_taxes(session, invoice, found)
+    for data in found:
         values: dict[str, Any] = {
             "invoice_id": invoice.id if invoice is not None else None,
             "stripe_charge_id": stripe_charge_id,
@@ -177,7 +179,7 @@ def sync_charge_refunds(
             "status": data.status,
             "reason": data.reason,
             "created_at": data.created,
-            "tax": taxes.refund_tax(invoice, data.amount),
+            "tax": refund_taxes[data.id],
         }
         synced = _upsert(session, Refund, data.id, values, _locked(session, Refund, data.id))
         assert synced.row is not None

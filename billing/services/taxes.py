@@ -12,7 +12,7 @@ The rules of who pays what are in :mod:`billing.services.vat`; this module appli
 - :func:`apply_rate_changes` is the ``tick`` step that moves each running subscription to the
   rate of its customer's country as of today (a rate change on its date, a reader who moved): the
   new Tax Rate applies from the subscription's next invoice, as Stripe's ``default_tax_rates`` do;
-- :func:`invoice_tax_values` and :func:`refund_tax` are what the mirror stores.
+- :func:`invoice_tax_values` and :func:`refund_taxes` are what the mirror stores.
 
 Settings (``PUBLISHER_COUNTRY``, ``VAT_OUTSIDE_EU_RATE``, ``VIES_URL``, ``VIES_TIMEOUT``) come
 from the app's config, read with :func:`settings_from`.
@@ -21,7 +21,7 @@ from the app's config, read with :func:`settings_from`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -31,8 +31,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.errors import DomainError
-from billing.gateway import StripeGateway, StripeInvoiceData, is_ours
-from billing.models import Customer, Invoice, Subscription, TaxRate
+from billing.gateway import StripeGateway, StripeInvoiceData, StripeRefundData, is_ours
+from billing.models import Customer, Invoice, Refund, Subscription, TaxRate
 from billing.models.payments import ENDED_STATUSES
 from billing.services import audit
 from billing.services.vat import (
@@ -44,6 +44,7 @@ from billing.services.vat import (
     ViesResult,
     check_vies,
     inclusive_tax,
+    plain_rate,
     tax_treatment,
     utc_day,
 )
@@ -156,7 +157,7 @@ def ensure_tax_rate(
     """The inclusive Tax Rate of ``country`` at ``percentage``: from ``tax_rates``, else one of ours
     already on Stripe, else a new one (its creation idempotent per country and percentage)."""
     country = country.upper()
-    percentage = Decimal(percentage).normalize()
+    percentage = plain_rate(Decimal(percentage))
     rows = session.scalars(
         select(TaxRate).where(TaxRate.country == country, TaxRate.inclusive.is_(True))
     ).all()
@@ -312,8 +313,8 @@ def apply_rate_change(
     subscription.tax_rate_id = wanted_id
     change = RateChange(
         subscription.id,
-        Decimal(current.percentage) if current else None,
-        Decimal(wanted.percentage) if wanted else None,
+        plain_rate(Decimal(current.percentage)) if current else None,
+        plain_rate(Decimal(wanted.percentage)) if wanted else None,
         wanted.country if wanted else subscription.customer.country,
     )
     audit.record(
@@ -369,7 +370,7 @@ def invoice_tax_values(
             kind = TaxKind.DOMESTIC
         else:
             kind = TaxKind.OSS
-        values.update(tax_rate=Decimal(rate.percentage), tax_country=country)
+        values.update(tax_rate=plain_rate(Decimal(rate.percentage)), tax_country=country)
     elif country and country not in EU_MEMBER_STATES:
         kind = TaxKind.OUTSIDE_EU
         values.update(tax_rate=Decimal(0), tax_country=country)
@@ -385,8 +386,37 @@ def invoice_tax_values(
     return values
 
 
-def refund_tax(invoice: Invoice | None, amount: int) -> int:
-    """The VAT inside a refund of ``amount`` of ``invoice``, at the invoice's rate."""
+def refund_taxes(
+    session: Session, invoice: Invoice | None, refunds: Sequence[StripeRefundData]
+) -> dict[str, int]:
+    """The VAT given back by each refund of ``invoice``'s payment, at the invoice's rate.
+
+    A refund already mirrored keeps the VAT it was recorded with (a filed VAT return never
+    changes). Each new one, oldest first, gives back the VAT inside its amount but never more than
+    is left, and the refund that completes the invoice's total gives back all that is left: the
+    VAT refunded never exceeds, and for a full refund equals, the VAT charged. Failed and
+    cancelled refunds give back nothing.
+    """
+    result = {refund.id: 0 for refund in refunds}
     if invoice is None or invoice.tax_rate is None or invoice.tax == 0:
-        return 0
-    return min(invoice.tax, inclusive_tax(amount, Decimal(invoice.tax_rate)))
+        return result
+    rows = session.execute(
+        select(Refund.stripe_id, Refund.tax).where(
+            Refund.stripe_id.in_([refund.id for refund in refunds])
+        )
+    )
+    recorded: dict[str, int] = {stripe_id: tax for stripe_id, tax in rows}
+    live = [refund for refund in refunds if refund.status not in {"failed", "canceled"}]
+    given = sum(recorded.get(refund.id, 0) for refund in live)
+    refunded = sum(refund.amount for refund in live if refund.id in recorded)
+    rate = Decimal(invoice.tax_rate)
+    for refund in sorted(live, key=lambda r: (r.created, r.id)):
+        if refund.id in recorded:
+            result[refund.id] = recorded[refund.id]
+            continue
+        refunded += refund.amount
+        left = invoice.tax - given
+        tax = left if refunded >= invoice.total else min(left, inclusive_tax(refund.amount, rate))
+        result[refund.id] = tax
+        given += tax
+    return result

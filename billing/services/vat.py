@@ -241,6 +241,12 @@ def inclusive_tax(amount: int, rate: Decimal) -> int:
     return tax if amount > 0 else -tax
 
 
+def plain_rate(rate: Decimal) -> Decimal:
+    """``rate`` without trailing zeros or exponent (``7.0000`` -> ``7``, ``20`` stays ``20``)."""
+    normal = rate.normalize()
+    return normal.quantize(Decimal(1)) if normal == normal.to_integral_value() else normal
+
+
 # --- VAT ids -------------------------------------------------------------------------------------
 
 

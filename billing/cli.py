@@ -300,8 +300,10 @@ def tick(now_text: str | None) -> None:
     failures = f" ({start_failures} failed, retried next tick)" if start_failures else ""
     click.echo(
         f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended, "
-        f"{started} scheduled subscription(s) started{failures}, "
-        f"{rate_changes} subscription(s) moved to a new VAT rate."
+        f"{started} scheduled subscription(s) started{failures}."
+    )
+    click.echo(
+        f"  {rate_changes} subscription(s) moved to a new VAT rate (from their next invoice)."
     )
 
 

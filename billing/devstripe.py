@@ -62,7 +62,6 @@ def load(store: dict[str, Any], path: Path) -> int:
 
 
 CARD_COUNTRIES: dict[str, str] = {
-    "4242424242424242": "US",
     "4000000400000008": "AT",
     "4000000560000004": "BE",
     "4000002080000001": "DK",
@@ -79,18 +78,27 @@ CARD_COUNTRIES: dict[str, str] = {
     "4000007520000008": "SE",
     "4000008260000000": "GB",
 }
-"""Issuing countries of Stripe's documented test cards ("cards by country"); others are ``US``."""
+"""Issuing countries of Stripe's documented test cards by country ("International cards")."""
+
+GENERIC_CARD_COUNTRY = "BE"
+"""The issuing country given to every other test card (4242 4242 4242 4242, the decline and 3-D
+Secure cards, ...): the demo publisher's country, so the generic cards agree with the demo readers'
+country. On Stripe those generic cards are US cards; a reader using one there is asked to confirm
+their country, as they are here with a card of another country."""
 
 
-def install_stripe_tax_behaviour(resources: Any) -> None:
+def install_stripe_tax_behaviour(
+    resources: Any, generic_card_country: str = GENERIC_CARD_COUNTRY
+) -> None:
     """Make localstripe's Tax Rates and cards behave as Stripe documents them.
 
     - An *inclusive* Tax Rate's amount is the VAT inside the line: ``amount * p / (100 + p)``,
       rounded half up to the minor unit, and it is not added to the invoice's total (localstripe
       adds ``amount * p / 100`` to the total whatever ``inclusive`` says). Exclusive rates keep
       localstripe's arithmetic. Invoices gain Stripe's ``total_excluding_tax``.
-    - A card's ``country`` is the issuing country of Stripe's test card of that number (localstripe
-      says ``FR`` for every card), so the card-country evidence is real in the demo and the tests.
+    - A card's ``country`` is the issuing country of Stripe's test card of that number, or
+      ``generic_card_country`` for the generic test cards (localstripe says ``FR`` for every
+      card), so the card-country evidence is real in the demo and the tests.
     """
     from decimal import ROUND_HALF_UP, Decimal
 
@@ -129,7 +137,7 @@ def install_stripe_tax_behaviour(resources: Any) -> None:
     def payment_method_init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
         if getattr(self, "type", None) == "card":
-            self.card["country"] = CARD_COUNTRIES.get(self._card_number, "US")
+            self.card["country"] = CARD_COUNTRIES.get(self._card_number, generic_card_country)
 
     resources.PaymentMethod.__init__ = payment_method_init
 

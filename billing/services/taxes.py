@@ -30,9 +30,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billing.errors import DomainError
+from billing.errors import DomainError, ValidationFailed
 from billing.gateway import StripeGateway, StripeInvoiceData, StripeRefundData, is_ours
-from billing.models import Customer, Invoice, Refund, Subscription, TaxRate
+from billing.models import Customer, Invoice, Reader, Refund, Subscription, TaxRate
 from billing.models.payments import ENDED_STATUSES
 from billing.services import audit
 from billing.services.vat import (
@@ -255,6 +255,25 @@ def record_country_evidence(
         )
     session.flush()
     return evidence
+
+
+def declare_country(
+    session: Session,
+    gateway: StripeGateway,
+    reader: Reader,
+    declared: str,
+    *,
+    confirmed: bool,
+    now: datetime,
+) -> CountryEvidence:
+    """The reader's country as they gave it on the subscribe form, against their saved card's
+    (:func:`record_country_evidence`); needs the customer a saved card created."""
+    customer = session.scalar(select(Customer).where(Customer.reader_id == reader.id))
+    if customer is None:
+        raise ValidationFailed("Add a card first.", field="card")
+    return record_country_evidence(
+        session, gateway, customer, declared, confirmed=confirmed, now=now
+    )
 
 
 def evidence_of(customer: Customer) -> dict[str, Any]:

@@ -329,6 +329,35 @@ def _tick_vat_rates(session: Session, gateway: Any, now: datetime) -> int:
     return moved
 
 
+@billing_cli.command("sync-tax-rates")
+def sync_tax_rates() -> None:
+    """Create on Stripe the inclusive Tax Rate of every member state's e-newspaper VAT rate of
+    today, and store their ids (idempotent; subscriptions get theirs when they start or in tick)."""
+    from billing.services import taxes
+
+    session = db.session()
+    now = current_clock().now()
+    rates = taxes.sync_tax_rates(
+        session,
+        current_app.extensions["stripe_gateway"],
+        now=now,
+        settings=taxes.current_settings(),
+    )
+    session.commit()
+    for rate in rates:
+        click.echo(f"  {rate.country}: {vat_percent(rate.percentage)}% (tax rate {rate.stripe_id})")
+    click.echo(f"Tax rates synced: {len(rates)} member states.")
+
+
+def vat_percent(value: Any) -> str:
+    """A stored percentage as people write it (``7.0000`` is ``7``)."""
+    from decimal import Decimal
+
+    from billing.services.vat import plain_rate
+
+    return str(plain_rate(Decimal(value)))
+
+
 @billing_cli.command("vat-rate")
 @click.argument("country")
 @click.option("--on", "on_text", default=None, help="The date (YYYY-MM-DD); today if not given.")

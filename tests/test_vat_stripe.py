@@ -389,3 +389,21 @@ def test_every_subscription_kept_at_the_right_rate_needs_no_change(
 
     assert changes == []
     assert session.scalars(select(Subscription.tax_rate_id)).one() is not None
+
+
+def test_sync_tax_rates_creates_every_member_states_rate_once(
+    app: Flask, session: Session, gateway: StripeGateway, runner: FlaskCliRunner
+) -> None:
+    first = runner.invoke(args=["billing", "sync-tax-rates"])
+    again = runner.invoke(args=["billing", "sync-tax-rates"])
+
+    assert first.exit_code == 0, first.output
+    assert "Tax rates synced: 27 member states." in first.output
+    assert "  FR: 2.1% (tax rate txr_" in first.output
+    assert again.exit_code == 0
+    ours = [rate for rate in gateway.list_tax_rates() if gateway.is_ours(rate)]
+    assert len(ours) == 27 == len(session.scalars(select(TaxRate)).all())
+    assert {(r.country, r.percentage) for r in ours} == {
+        (country, rate_table().rate_on(country, real_now().date())) for country in EU_MEMBER_STATES
+    }
+    assert all(rate.inclusive for rate in ours)

@@ -45,6 +45,7 @@ from billing.services.vat import (
     check_vies,
     inclusive_tax,
     plain_rate,
+    rate_table,
     tax_treatment,
     utc_day,
 )
@@ -192,6 +193,19 @@ def ensure_tax_rate(
     session.add(row)
     session.flush()
     return row
+
+
+def sync_tax_rates(
+    session: Session, gateway: StripeGateway, *, now: datetime, settings: VatSettings
+) -> list[TaxRate]:
+    """Ensure the Tax Rate every member state's consumers are taxed at today exists on Stripe and
+    in ``tax_rates`` (idempotent; rates of past days are kept, never edited)."""
+    table = settings.table or rate_table()
+    day = utc_day(now)
+    return [
+        ensure_tax_rate(session, gateway, country, table.rate_on(country, day), now=now)
+        for country in sorted(EU_MEMBER_STATES)
+    ]
 
 
 def tax_rates_for(

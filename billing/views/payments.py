@@ -245,7 +245,7 @@ class ConfirmCountryForm(FlaskForm):
     """Which country the reader lives in, when their card was issued elsewhere."""
 
     plan = HiddenField("Plan")
-    country = RadioField("Where do you live?", validate_choice=False)
+    country = RadioField("The country you live in", validate_choice=False)
 
     def validate_country(self, field: Field) -> None:
         """One of the two countries offered."""

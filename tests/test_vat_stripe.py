@@ -26,6 +26,7 @@ from billing.services.vat import (
     RateRow,
     RateTable,
     TaxKind,
+    ViesResult,
     rate_table,
 )
 from tests.payments_support import only_subscription, plans_on_sale, reader_with_card, real_now
@@ -407,3 +408,33 @@ def test_sync_tax_rates_creates_every_member_states_rate_once(
         (country, rate_table().rate_on(country, real_now().date())) for country in EU_MEMBER_STATES
     }
     assert all(rate.inclusive for rate in ours)
+
+
+def test_an_organisation_whose_vat_id_vies_rejects_pays_its_countrys_vat(
+    plans: dict[str, Plan],
+    session: Session,
+    gateway: StripeGateway,
+    stripe: LocalstripeServer,
+    clock: FixedClock,
+) -> None:
+    now = clock.now()
+    reader = reader_with_card(session, gateway, stripe, now, number=GERMAN_CARD, country="DE")
+    customer = stripe_mirror.customer_of(session, reader)
+    assert customer is not None
+    rejected = taxes.TaxTreatment(
+        TaxKind.OSS,
+        "DE",
+        Decimal("7"),
+        vat_id="DE136695976",
+        vies=ViesResult("DE136695976", False, now),
+    )
+    taxes.record_business_treatment(customer, rejected)
+    taxes.record_country_evidence(session, gateway, customer, "DE", confirmed=False, now=now)
+
+    payments.subscribe(session, gateway, reader, MONTHLY, now=now)
+    session.commit()
+
+    stored = session.get_one(Customer, customer.id)
+    assert (stored.vat_id, stored.vies_valid, stored.vies_checked_at) == ("DE136695976", False, now)
+    invoice = latest_invoice(session)
+    assert (invoice.tax, invoice.tax_kind, invoice.reverse_charge) == (79, "oss", False)

@@ -149,6 +149,16 @@ def business_treatment(
     )
 
 
+def record_business_treatment(customer: Customer, treatment: TaxTreatment) -> None:
+    """Keep on an organisation's customer what :func:`business_treatment` found: its country,
+    its VAT id and what VIES said of it, with the date (None when VIES was not asked or did not
+    answer)."""
+    customer.country = treatment.country
+    customer.vat_id = treatment.vat_id
+    customer.vies_valid = treatment.vies.valid if treatment.vies is not None else None
+    customer.vies_checked_at = treatment.vies.checked_at if treatment.vies is not None else None
+
+
 # --- Tax Rates on Stripe -------------------------------------------------------------------------
 
 

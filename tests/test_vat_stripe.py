@@ -95,6 +95,18 @@ def subscribed_reader(
     return reader
 
 
+def german_reader(
+    session: Session, gateway: StripeGateway, stripe: LocalstripeServer, clock: FixedClock
+) -> tuple[Reader, Customer]:
+    """A reader in Germany with a German card saved, and their customer."""
+    reader = reader_with_card(
+        session, gateway, stripe, clock.now(), number=GERMAN_CARD, country="DE"
+    )
+    customer = stripe_mirror.customer_of(session, reader)
+    assert customer is not None
+    return reader, customer
+
+
 def latest_invoice(session: Session) -> Invoice:
     """The newest mirrored invoice, fresh from the database."""
     session.expire_all()
@@ -335,9 +347,7 @@ def test_an_organisation_with_a_foreign_vat_id_is_reverse_charged(
     clock: FixedClock,
 ) -> None:
     now = clock.now()
-    reader = reader_with_card(session, gateway, stripe, now, number=GERMAN_CARD, country="DE")
-    customer = stripe_mirror.customer_of(session, reader)
-    assert customer is not None
+    reader, customer = german_reader(session, gateway, stripe, clock)
     treatment = taxes.business_treatment(
         "DE", "DE 136 695 976", now=now, settings=taxes.current_settings()
     )
@@ -418,9 +428,7 @@ def test_an_organisation_whose_vat_id_vies_rejects_pays_its_countrys_vat(
     clock: FixedClock,
 ) -> None:
     now = clock.now()
-    reader = reader_with_card(session, gateway, stripe, now, number=GERMAN_CARD, country="DE")
-    customer = stripe_mirror.customer_of(session, reader)
-    assert customer is not None
+    reader, customer = german_reader(session, gateway, stripe, clock)
     rejected = taxes.TaxTreatment(
         TaxKind.OSS,
         "DE",

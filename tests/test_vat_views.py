@@ -80,6 +80,14 @@ def csrf_of(response: Any) -> str:
     return found.group(1)
 
 
+def subscribe_with_french_card(client: FlaskClient, stripe: LocalstripeServer) -> Any:
+    """The reader in Germany subscribes monthly with a French card: the page that asks."""
+    method = stripe.create_card(FRENCH_CARD)
+    return post_form(
+        client, "/subscribe", {"plan": MONTHLY, "country": "DE", "payment_method": method}
+    )
+
+
 def subscriptions(session: Session) -> list[Subscription]:
     """Every mirrored subscription, fresh."""
     session.expire_all()
@@ -120,11 +128,7 @@ def test_a_card_from_the_readers_country_subscribes_at_once_with_that_countrys_v
 def test_a_card_from_another_country_asks_the_reader_to_confirm_before_charging(
     client: FlaskClient, stripe: LocalstripeServer, session: Session
 ) -> None:
-    method = stripe.create_card(FRENCH_CARD)
-
-    asked = post_form(
-        client, "/subscribe", {"plan": MONTHLY, "country": "DE", "payment_method": method}
-    )
+    asked = subscribe_with_french_card(client, stripe)
 
     assert asked.status_code == 200
     words = text(asked)
@@ -155,10 +159,7 @@ def test_a_card_from_another_country_asks_the_reader_to_confirm_before_charging(
 def test_choosing_the_cards_country_instead_taxes_there_and_needs_no_confirmation(
     client: FlaskClient, stripe: LocalstripeServer, session: Session
 ) -> None:
-    method = stripe.create_card(FRENCH_CARD)
-    asked = post_form(
-        client, "/subscribe", {"plan": MONTHLY, "country": "DE", "payment_method": method}
-    )
+    asked = subscribe_with_french_card(client, stripe)
     token = csrf_of(asked)
 
     chosen = client.post(
@@ -194,10 +195,7 @@ def test_a_country_not_on_the_list_is_refused_naming_the_field(
 def test_confirming_a_country_that_was_not_offered_is_refused(
     client: FlaskClient, stripe: LocalstripeServer, session: Session
 ) -> None:
-    method = stripe.create_card(FRENCH_CARD)
-    asked = post_form(
-        client, "/subscribe", {"plan": MONTHLY, "country": "DE", "payment_method": method}
-    )
+    asked = subscribe_with_french_card(client, stripe)
     refused = client.post(
         "/subscribe/country",
         data={"csrf_token": csrf_of(asked), "plan": MONTHLY, "declared": "DE", "country": "IT"},

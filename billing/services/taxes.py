@@ -108,39 +108,35 @@ def treatment_for(customer: Customer, *, now: datetime, settings: VatSettings) -
     vies = None
     if customer.vat_id and customer.vies_valid is not None and customer.vies_checked_at:
         vies = ViesResult(customer.vat_id, customer.vies_valid, customer.vies_checked_at)
-    return tax_treatment(
-        customer.country or settings.publisher_country,
-        customer.vat_id,
-        utc_day(now),
-        publisher_country=settings.publisher_country,
-        outside_eu_rate=settings.outside_eu_rate,
-        vies=vies,
-        table=settings.table,
-    )
+    country = customer.country or settings.publisher_country
+    return _treatment(country, customer.vat_id, now, settings, vies)
 
 
 def business_treatment(
     country: str, vat_id: str | None, *, now: datetime, settings: VatSettings
 ) -> TaxTreatment:
     """How an organisation in ``country`` with ``vat_id`` is taxed today, VIES asked when
-    ``VIES_URL`` is set (for the groups area: store ``treatment.vies`` on the customer).
+    ``VIES_URL`` is set (for the groups area: keep it with :func:`record_business_treatment`).
 
     Raises :class:`billing.services.vat.InvalidVatIdError` (field ``vat_id``) for a malformed id.
     """
-    first = tax_treatment(
-        country,
-        vat_id,
-        utc_day(now),
-        publisher_country=settings.publisher_country,
-        outside_eu_rate=settings.outside_eu_rate,
-        table=settings.table,
-    )
+    first = _treatment(country, vat_id, now, settings, None)
     if first.vat_id is None or settings.vies_url is None or first.kind == TaxKind.OUTSIDE_EU:
         return first
     vies = check_vies(first.vat_id, url=settings.vies_url, timeout=settings.vies_timeout, now=now)
+    return _treatment(country, first.vat_id, now, settings, vies)
+
+
+def _treatment(
+    country: str,
+    vat_id: str | None,
+    now: datetime,
+    settings: VatSettings,
+    vies: ViesResult | None,
+) -> TaxTreatment:
     return tax_treatment(
         country,
-        first.vat_id,
+        vat_id,
         utc_day(now),
         publisher_country=settings.publisher_country,
         outside_eu_rate=settings.outside_eu_rate,

@@ -757,6 +757,11 @@ class _LocalstripeDialect(_Dialect):
       ``allowed_payment_method_types``); confirming one does not attach the payment method to the
       customer, so :meth:`StripeGateway.attach_default_payment_method` attaches it afterwards.
     - Refunds take no ``reason`` (kept in ``metadata.tollgate_refund_reason`` instead).
+    - Tax Rates take no ``country`` or ``tax_type`` (the country is kept in ``jurisdiction`` and
+      ``metadata.tollgate_country``); an invoice's taxes are ``total_tax_amounts[].tax_rate``
+      (Stripe: ``total_taxes[].tax_rate_details``). As released, localstripe adds every Tax
+      Rate on top of the price, inclusive or not, and gives every card the country ``FR``:
+      :func:`billing.devstripe.install_stripe_tax_behaviour` makes both behave as on Stripe.
     - No disputes, trials (status ``trialing`` never happens), Checkout, Billing Portal or test
       clocks.
     - Proration is crude: a price or quantity change adds "Unused time" items worth minus every
@@ -1432,7 +1437,8 @@ class StripeGateway:
 
     @_translating
     def list_tax_rates(self) -> list[StripeTaxRateData]:
-        """Every active Tax Rate on the account (ours and others'; filter with :func:`is_ours`)."""
+        """Every Tax Rate on the account, archived ones too (ours and others'; filter with
+        :func:`is_ours` and ``active``)."""
         return [
             self._tax_rate(rate.to_dict())
             for rate in self._client.v1.tax_rates.list({"limit": 100}).auto_paging_iter()

@@ -368,7 +368,6 @@ def subscribe(
             tax_rate_ids=taxes.tax_rate_ids(tax_rate),
         )
         subscription = _sync_after_change(session, gateway, created, now=now)
-        subscription.tax_rate_id = tax_rate.id if tax_rate is not None else None
     audit.record(
         session,
         now=now,
@@ -672,10 +671,10 @@ def start_scheduled(
         if s.metadata.get("tollgate_scheduled_id") == tag and is_ours(s)
     ]
     created = found[0] if found else None
-    tax_rate = taxes.tax_rates_for(
-        session, gateway, customer, now=now, settings=taxes.current_settings()
-    )
     if created is None:
+        tax_rate = taxes.tax_rates_for(
+            session, gateway, customer, now=now, settings=taxes.current_settings()
+        )
         created = gateway.create_subscription(
             customer.stripe_id,
             plan.stripe_price_id,
@@ -688,7 +687,6 @@ def start_scheduled(
             tax_rate_ids=taxes.tax_rate_ids(tax_rate),
         )
     subscription = _sync_after_change(session, gateway, created, now=now)
-    subscription.tax_rate_id = tax_rate.id if tax_rate is not None else None
     if subscription.status == SubscriptionStatus.INCOMPLETE:
         mail_payment_problem(session, gateway, subscription, created.latest_invoice_id)
     scheduled.started_at = now

@@ -518,6 +518,7 @@ def _apply_subscription(
         "ended_at": data.ended_at,
         "trial_end": data.trial_end,
         "collection_method": CollectionMethod(data.collection_method),
+        "tax_rate_id": taxes.stored_tax_rate_id(session, data.tax_rate_ids),
     }
     if row is None:
         # By id: a relationship would put the row in the session before the insert's savepoint.

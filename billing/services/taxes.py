@@ -232,6 +232,14 @@ def tax_rates_for(
     return ensure_tax_rate(session, gateway, treatment.country, treatment.rate, now=now)
 
 
+def stored_tax_rate_id(session: Session, stripe_ids: Sequence[str]) -> int | None:
+    """The ``tax_rates`` row of the first of a subscription's Tax Rates (None when it has none, or
+    one we do not know: ``tick`` then sets the right one)."""
+    if not stripe_ids:
+        return None
+    return session.scalar(select(TaxRate.id).where(TaxRate.stripe_id == stripe_ids[0]))
+
+
 def tax_rate_ids(rate: TaxRate | None) -> tuple[str, ...]:
     """The ``default_tax_rates`` for a subscription carrying ``rate``."""
     return () if rate is None else (rate.stripe_id,)

@@ -28,6 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing.errors import DomainError, ValidationFailed
@@ -162,7 +163,8 @@ def ensure_tax_rate(
     session: Session, gateway: StripeGateway, country: str, percentage: Decimal, *, now: datetime
 ) -> TaxRate:
     """The inclusive Tax Rate of ``country`` at ``percentage``: from ``tax_rates``, else one of ours
-    already on Stripe, else a new one (its creation idempotent per country and percentage)."""
+    already on Stripe, else a new one (its creation idempotent per country and percentage, so two
+    subscriptions starting at once in a new country store the same one)."""
     country = country.upper()
     percentage = plain_rate(Decimal(percentage))
     rows = session.scalars(
@@ -196,8 +198,17 @@ def ensure_tax_rate(
         inclusive=True,
         created_at=now,
     )
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        # Another transaction stored the same Tax Rate (Stripe gave both the same one) first.
+        stored = select(TaxRate).where(
+            TaxRate.country == country,
+            TaxRate.inclusive.is_(True),
+            TaxRate.percentage == percentage,
+        )
+        return session.scalars(stored).one()
     return row
 
 

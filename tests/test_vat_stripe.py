@@ -446,3 +446,37 @@ def test_an_organisation_whose_vat_id_vies_rejects_pays_its_countrys_vat(
     assert (stored.vat_id, stored.vies_valid, stored.vies_checked_at) == ("DE136695976", False, now)
     invoice = latest_invoice(session)
     assert (invoice.tax, invoice.tax_kind, invoice.reverse_charge) == (79, "oss", False)
+
+
+class _RacingGateway:
+    """The gateway, but another process stores the Tax Rate while we ask Stripe for it."""
+
+    def __init__(self, gateway: StripeGateway, app: Flask, now: Any) -> None:
+        self._gateway = gateway
+        self._app = app
+        self._now = now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gateway, name)
+
+    def list_tax_rates(self) -> Any:
+        other = self._app.extensions["db_sessionmaker"]()
+        try:
+            taxes.ensure_tax_rate(other, self._gateway, "DE", Decimal("7"), now=self._now)
+            other.commit()
+        finally:
+            other.close()
+        return self._gateway.list_tax_rates()
+
+
+def test_a_tax_rate_stored_meanwhile_by_another_transaction_is_the_one_used(
+    app: Flask, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    racing = _RacingGateway(gateway, app, clock.now())
+
+    rate = taxes.ensure_tax_rate(session, racing, "de", Decimal("7.0"), now=clock.now())  # type: ignore[arg-type]
+    session.commit()
+
+    assert (rate.country, Decimal(rate.percentage)) == ("DE", Decimal("7"))
+    assert len(session.scalars(select(TaxRate)).all()) == 1
+    assert [r.id for r in gateway.list_tax_rates() if gateway.is_ours(r)] == [rate.stripe_id]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import click
 from flask import Flask, current_app
@@ -341,6 +342,7 @@ def tick(now_text: str | None) -> None:
         payments.record_start_failure(own, scheduled_id, f"{type(exc).__name__}: {exc}")
 
     started, start_failures = _one_by_one("starts", due_starts, start, on_failure=record)
+    rate_changes = _tick_vat_rates(session, gateway, now)
     subscribed = payments.trials_awaiting_start(session)
     lead = timedelta(days=current_app.config["TRIAL_REMINDER_DAYS"])
     due = [t for t in trials.due_reminders(session, now=now, lead=lead) if t not in subscribed]
@@ -379,6 +381,95 @@ def tick(now_text: str | None) -> None:
         f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended, "
         f"{started} scheduled subscription(s) started{failures}."
     )
+    click.echo(
+        f"  {rate_changes} subscription(s) moved to a new VAT rate (from their next invoice)."
+    )
+
+
+def _tick_vat_rates(session: Session, gateway: Any, now: datetime) -> int:
+    """The tick's VAT step: every running subscription taxed at its country's rate of today, from
+    its next invoice (each in its own transaction)."""
+    from billing.services import taxes
+
+    settings = taxes.current_settings()
+    ids = taxes.running_subscription_ids(session, now=now)
+    session.commit()
+
+    def move(own: Session, subscription_id: int) -> bool:
+        change = taxes.apply_rate_change(own, gateway, subscription_id, now=now, settings=settings)
+        if change is not None:
+            click.echo(
+                f"  vat: subscription {subscription_id} ({change.country}) "
+                f"{change.before}% -> {change.after}% from its next invoice"
+            )
+        return change is not None
+
+    moved, _ = _one_by_one("vat rates", ids, move)
+    return moved
+
+
+@billing_cli.command("sync-tax-rates")
+def sync_tax_rates() -> None:
+    """Create on Stripe the inclusive Tax Rate of every member state's e-newspaper VAT rate of
+    today, and store their ids (idempotent; subscriptions get theirs when they start or in tick)."""
+    from billing.services import taxes
+
+    session = db.session()
+    now = current_clock().now()
+    rates = taxes.sync_tax_rates(
+        session,
+        current_app.extensions["stripe_gateway"],
+        now=now,
+        settings=taxes.current_settings(),
+    )
+    session.commit()
+    for rate in rates:
+        click.echo(f"  {rate.country}: {vat_percent(rate.percentage)}% (tax rate {rate.stripe_id})")
+    click.echo(f"Tax rates synced: {len(rates)} member states.")
+
+
+def vat_percent(value: Any) -> str:
+    """A stored percentage as people write it (``7.0000`` is ``7``)."""
+    from decimal import Decimal
+
+    from billing.services.vat import plain_rate
+
+    return str(plain_rate(Decimal(value)))
+
+
+@billing_cli.command("vat-rate")
+@click.argument("country")
+@click.option("--on", "on_text", default=None, help="The date (YYYY-MM-DD); today if not given.")
+def vat_rate(country: str, on_text: str | None) -> None:
+    """Show the VAT rate on electronically supplied newspapers that applies in COUNTRY on a date,
+    with the standard rate, the legal basis and the country's history."""
+    from datetime import date
+
+    from billing.services import vat
+
+    table = vat.rate_table()
+    try:
+        on = date.fromisoformat(on_text) if on_text else current_clock().now().date()
+    except ValueError as exc:
+        raise click.BadParameter(f"not a date: {on_text!r}", param_hint="--on") from exc
+    code = country.strip().upper()
+    try:
+        row = table.row_on(code, on)
+    except vat.NoRateError as exc:
+        raise click.ClickException(
+            f"{exc}; the table covers the EU member states from {table.covers_from}"
+        ) from exc
+    click.echo(f"{code} on {on.isoformat()}: {row.rate}% (standard rate {row.standard}%)")
+    click.echo(f"  applies from {row.starts_on.isoformat()}; {row.basis}")
+    if row.note:
+        click.echo(f"  note: {row.note}")
+    for earlier in table.history(code):
+        marker = "*" if earlier == row else " "
+        click.echo(
+            f"  {marker} from {earlier.starts_on.isoformat()}: {earlier.rate}% "
+            f"(standard {earlier.standard}%)"
+        )
+    click.echo(f"Source: {table.source} (checked {table.checked_on.isoformat()})")
 
 
 # API clients ---------------------------------------------------------------------------------

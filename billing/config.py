@@ -177,6 +177,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "GROUP_WIDEST_IPV6", "48", "widest IPv6 office range an organisation may register (prefix)"
     ),
+    Setting(
+        "PUBLISHER_COUNTRY",
+        "BE",
+        "ISO code of the EU member state the publisher is established in: its readers pay its domestic VAT rate, other EU readers their own (OSS)",
+    ),
+    Setting(
+        "PUBLISHER_VAT_ID",
+        "",
+        "the publisher's own VAT number, printed on invoices (checked with python-stdnum when set)",
+    ),
+    Setting(
+        "VAT_OUTSIDE_EU_RATE",
+        "0",
+        "VAT percentage included in prices for readers outside the EU (0 unless the publisher must charge VAT there)",
+    ),
+    Setting(
+        "VIES_URL",
+        "",
+        "VIES REST base (`https://ec.europa.eu/taxation_customs/vies/rest-api`) to confirm organisations' VAT ids; empty: format and check digits only",
+    ),
+    Setting("VIES_TIMEOUT", "5", "seconds a VIES check may take before it counts as unanswered"),
 )
 _DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
@@ -246,6 +267,11 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "GROUP_WIDEST_IPV6": number("GROUP_WIDEST_IPV6"),
         "MAX_CONTENT_LENGTH": number("MAX_CONTENT_LENGTH"),
         "MAX_URL_LENGTH": number("MAX_URL_LENGTH"),
+        "PUBLISHER_COUNTRY": get("PUBLISHER_COUNTRY").strip().upper(),
+        "PUBLISHER_VAT_ID": get("PUBLISHER_VAT_ID").strip(),
+        "VAT_OUTSIDE_EU_RATE": get("VAT_OUTSIDE_EU_RATE").strip(),
+        "VIES_URL": get("VIES_URL").strip().rstrip("/"),
+        "VIES_TIMEOUT": number("VIES_TIMEOUT", float),
         "SESSION_COOKIE_SECURE": production,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -261,6 +287,7 @@ def check(config: dict[str, Any]) -> None:
         raise ConfigError("SECRET_KEYS must name at least one secret")
     if not config.get("TOKEN_KEY_WRAPPING_SECRETS"):
         raise ConfigError("TOKEN_KEY_WRAPPING_SECRETS must name at least one secret")
+    _check_vat(config)
     if config.get("TOLLGATE_ENV") != "production":
         return
     if DEV_SECRET in config["SECRET_KEYS"] or any(len(k) < 32 for k in config["SECRET_KEYS"]):
@@ -280,3 +307,29 @@ def check(config: dict[str, Any]) -> None:
         )
     if str(config.get("DATABASE_URL", "")).startswith("sqlite"):
         raise ConfigError("DATABASE_URL: production needs PostgreSQL, not SQLite")
+
+
+def _check_vat(config: dict[str, Any]) -> None:
+    """Refuse a publisher country outside the EU, a malformed VAT id or outside-EU rate."""
+    from decimal import Decimal, InvalidOperation
+
+    from billing.services.vat import EU_MEMBER_STATES, InvalidVatIdError, normalise_vat_id
+
+    country = str(config.get("PUBLISHER_COUNTRY", _DEFAULTS["PUBLISHER_COUNTRY"]))
+    if country not in EU_MEMBER_STATES:
+        raise ConfigError(
+            f"PUBLISHER_COUNTRY must be an EU member state's ISO code, got {country!r}"
+        )
+    vat_id = str(config.get("PUBLISHER_VAT_ID") or "")
+    if vat_id:
+        try:
+            normalise_vat_id(vat_id, country=country)
+        except InvalidVatIdError as exc:
+            raise ConfigError(f"PUBLISHER_VAT_ID: {exc.message}") from exc
+    rate = str(config.get("VAT_OUTSIDE_EU_RATE") or "0")
+    try:
+        valid = Decimal(0) <= Decimal(rate) <= Decimal(100)
+    except InvalidOperation:
+        valid = False
+    if not valid:
+        raise ConfigError(f"VAT_OUTSIDE_EU_RATE must be a percentage from 0 to 100, got {rate!r}")

@@ -61,6 +61,87 @@ def load(store: dict[str, Any], path: Path) -> int:
     return len(saved)
 
 
+CARD_COUNTRIES: dict[str, str] = {
+    "4000000400000008": "AT",
+    "4000000560000004": "BE",
+    "4000002080000001": "DK",
+    "4000002460000001": "FI",
+    "4000002500000003": "FR",
+    "4000002760000016": "DE",
+    "4000003720000005": "IE",
+    "4000003800000008": "IT",
+    "4000004420000006": "LU",
+    "4000005280000002": "NL",
+    "4000005780000007": "NO",
+    "4000006200000007": "PT",
+    "4000007240000007": "ES",
+    "4000007520000008": "SE",
+    "4000008260000000": "GB",
+}
+"""Issuing countries of Stripe's documented test cards by country ("International cards")."""
+
+GENERIC_CARD_COUNTRY = "BE"
+"""The issuing country given to every other test card (4242 4242 4242 4242, the decline and 3-D
+Secure cards, ...): the demo publisher's country, so the generic cards agree with the demo readers'
+country. On Stripe those generic cards are US cards; a reader using one there is asked to confirm
+their country, as they are here with a card of another country."""
+
+
+def install_stripe_tax_behaviour(
+    resources: Any, generic_card_country: str = GENERIC_CARD_COUNTRY
+) -> None:
+    """Make localstripe's Tax Rates and cards behave as Stripe documents them.
+
+    - An *inclusive* Tax Rate's amount is the VAT inside the line: ``amount * p / (100 + p)``,
+      rounded half up to the minor unit, and it is not added to the invoice's total (localstripe
+      adds ``amount * p / 100`` to the total whatever ``inclusive`` says). Exclusive rates keep
+      localstripe's arithmetic. Invoices gain Stripe's ``total_excluding_tax``.
+    - A card's ``country`` is the issuing country of Stripe's test card of that number, or
+      ``generic_card_country`` for the generic test cards (localstripe says ``FR`` for every
+      card), so the card-country evidence is real in the demo and the tests.
+    """
+    from decimal import ROUND_HALF_UP, Decimal
+
+    def tax_amount(self: Any, amount: int) -> dict[str, Any]:
+        percentage = Decimal(str(self.percentage))
+        if self.inclusive:
+            exact = Decimal(abs(amount)) * percentage / (Decimal(100) + percentage)
+        else:
+            exact = Decimal(abs(amount)) * percentage / Decimal(100)
+        tax = int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        return {
+            "amount": tax if amount >= 0 else -tax,
+            "inclusive": self.inclusive,
+            "tax_rate": self.id,
+            "taxable_amount": amount - (tax if amount >= 0 else -tax) if self.inclusive else amount,
+        }
+
+    def exclusive_tax(self: Any) -> int:
+        if self.tax_percent is not None:
+            return int(self.subtotal * self.tax_percent / 100.0)
+        return sum(int(ta["amount"]) for ta in self.total_tax_amounts if not ta["inclusive"])
+
+    def total(self: Any) -> int:
+        return max(0, int(self.subtotal) + exclusive_tax(self) - int(self.starting_balance))
+
+    def total_excluding_tax(self: Any) -> int:
+        inclusive = sum(int(ta["amount"]) for ta in self.total_tax_amounts if ta["inclusive"])
+        return int(self.subtotal) - inclusive
+
+    resources.TaxRate._tax_amount = tax_amount
+    resources.Invoice.total = property(total)
+    resources.Invoice.total_excluding_tax = property(total_excluding_tax)
+
+    original_init = resources.PaymentMethod.__init__
+
+    def payment_method_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        if getattr(self, "type", None) == "card":
+            self.card["country"] = CARD_COUNTRIES.get(self._card_number, generic_card_country)
+
+    resources.PaymentMethod.__init__ = payment_method_init
+
+
 def main(
     store_path: str | os.PathLike[str],
     port: int = DEFAULT_PORT,
@@ -79,6 +160,7 @@ def main(
 
     devstripe_invoicing.install(resources, server)
     path = Path(store_path).resolve()
+    install_stripe_tax_behaviour(resources)
     resources.Store.try_load_from_disk = lambda self: None
     # Unpickling a Store sets its items one by one, and each set would save the whole store.
     resources.Store.dump_to_disk = lambda self: None

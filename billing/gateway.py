@@ -41,6 +41,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
@@ -202,6 +203,8 @@ class CardData:
     last4: str | None
     exp_month: int | None
     exp_year: int | None
+    country: str | None = None
+    """The card's issuing country (the IBAN's for SEPA): evidence of where the customer is."""
 
 
 class SetupIntentSecret(NamedTuple):
@@ -245,6 +248,8 @@ class StripeSubscriptionData:
     latest_invoice_id: str | None
     created: datetime
     metadata: dict[str, str] = field(default_factory=dict)
+    tax_rate_ids: tuple[str, ...] = ()
+    """The subscription's ``default_tax_rates``: what its next invoices are taxed at."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -279,6 +284,33 @@ class StripeInvoiceData:
     invoice_pdf_url: str | None
     customer_country: str | None
     customer_vat_id: str | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    tax_rate_ids: tuple[str, ...] = ()
+    """The Tax Rates the invoice's ``tax`` was computed with."""
+    total_excluding_tax: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvoicePreviewData:
+    """What a subscription's next invoice will be, as Stripe previews it (nothing is stored)."""
+
+    currency: str
+    subtotal: int
+    tax: int
+    total: int
+    tax_rate_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StripeTaxRateData:
+    """A Stripe Tax Rate: ``percentage`` of VAT, included in the price when ``inclusive``."""
+
+    id: str
+    display_name: str
+    percentage: Decimal
+    inclusive: bool
+    active: bool
+    country: str | None
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -534,6 +566,18 @@ class _Dialect(ABC):
     def register_webhook(self, api_base: str, url: str, secret: str) -> bool:
         """Point the server's webhooks at ``url``, signed with ``secret``; False if not possible."""
 
+    @abstractmethod
+    def add_tax_rate_country(self, params: dict[str, Any], country: str) -> None:
+        """Say which country a new VAT Tax Rate is for."""
+
+    @abstractmethod
+    def tax_rate_country(self, raw: _Raw) -> str | None:
+        """The country of a raw Tax Rate."""
+
+    @abstractmethod
+    def invoice_tax_rate_ids(self, raw: _Raw) -> tuple[str, ...]:
+        """The Tax Rates a raw invoice's taxes were computed with."""
+
 
 class _StripeDialect(_Dialect):
     """Real Stripe, current API (``STRIPE_API_VERSION``)."""
@@ -684,6 +728,23 @@ class _StripeDialect(_Dialect):
         """Stripe's endpoints are set up in the Dashboard, with Stripe's own secret."""
         return False
 
+    def add_tax_rate_country(self, params: dict[str, Any], country: str) -> None:
+        """Stripe's own ``country`` and ``tax_type=vat``."""
+        params["country"] = country
+        params["tax_type"] = "vat"
+
+    def tax_rate_country(self, raw: _Raw) -> str | None:
+        """Stripe's own ``country``."""
+        return _opt_str(raw.get("country"))
+
+    def invoice_tax_rate_ids(self, raw: _Raw) -> tuple[str, ...]:
+        """``total_taxes[].tax_rate_details.tax_rate`` (API 2025-03-31 and later)."""
+        found = (
+            _id_of(_get(tax, "tax_rate_details", "tax_rate"))
+            for tax in raw.get("total_taxes") or []
+        )
+        return tuple(dict.fromkeys(rate for rate in found if rate))
+
 
 class _LocalstripeDialect(_Dialect):
     """localstripe 1.15.10, as checked with stripe-python 16.1.0. Where it differs from Stripe:
@@ -707,6 +768,11 @@ class _LocalstripeDialect(_Dialect):
       ``allowed_payment_method_types``); confirming one does not attach the payment method to the
       customer, so :meth:`StripeGateway.attach_default_payment_method` attaches it afterwards.
     - Refunds take no ``reason`` (kept in ``metadata.tollgate_refund_reason`` instead).
+    - Tax Rates take no ``country`` or ``tax_type`` (the country is kept in ``jurisdiction`` and
+      ``metadata.tollgate_country``); an invoice's taxes are ``total_tax_amounts[].tax_rate``
+      (Stripe: ``total_taxes[].tax_rate_details``). As released, localstripe adds every Tax
+      Rate on top of the price, inclusive or not, and gives every card the country ``FR``:
+      :func:`billing.devstripe.install_stripe_tax_behaviour` makes both behave as on Stripe.
     - No disputes, trials (status ``trialing`` never happens), Checkout, Billing Portal or test
       clocks.
     - Proration is crude: a price or quantity change adds "Unused time" items worth minus every
@@ -842,6 +908,21 @@ class _LocalstripeDialect(_Dialect):
     def retrieve_dispute(self, client: stripe.StripeClient, dispute_id: str) -> _Raw:
         """localstripe has no disputes."""
         raise UnsupportedByServerError("localstripe has no disputes")
+
+    def add_tax_rate_country(self, params: dict[str, Any], country: str) -> None:
+        """localstripe refuses ``country`` and ``tax_type``: the country goes in ``jurisdiction``
+        and ``metadata.tollgate_country``."""
+        params["jurisdiction"] = country
+        params["metadata"]["tollgate_country"] = country
+
+    def tax_rate_country(self, raw: _Raw) -> str | None:
+        """Read back from metadata."""
+        return _opt_str(_get(raw, "metadata", "tollgate_country"))
+
+    def invoice_tax_rate_ids(self, raw: _Raw) -> tuple[str, ...]:
+        """localstripe's ``total_tax_amounts[].tax_rate``."""
+        found = (_id_of(tax.get("tax_rate")) for tax in raw.get("total_tax_amounts") or [])
+        return tuple(dict.fromkeys(rate for rate in found if rate))
 
     def register_webhook(self, api_base: str, url: str, secret: str) -> bool:
         """``POST /_config/webhooks/tollgate`` with ``url`` and ``secret``."""
@@ -1090,9 +1171,10 @@ class StripeGateway:
         collection_method: CollectionMethod = "charge_automatically",
         days_until_due: int | None = None,
         idempotency_key: str | None = None,
+        tax_rate_ids: Sequence[str] = (),
     ) -> StripeSubscriptionData:
         """Start a subscription now, charging the customer's default payment method for the first
-        period at once.
+        period at once; ``tax_rate_ids`` become its ``default_tax_rates`` (the VAT of every invoice).
 
         The result may be ``active`` (paid) or ``incomplete`` (the first payment failed or needs
         authentication: see :meth:`invoice_payment_intent`). Pass an ``idempotency_key`` (for
@@ -1105,6 +1187,8 @@ class StripeGateway:
             "items": [self._dialect.new_item(price_id, quantity)],
             "metadata": _tag(metadata),
         }
+        if tax_rate_ids:
+            params["default_tax_rates"] = list(tax_rate_ids)
         self._dialect.add_create_options(
             params, collection_method=collection_method, days_until_due=days_until_due
         )
@@ -1344,6 +1428,70 @@ class StripeGateway:
             metadata=_metadata(raw.get("metadata"), _get(raw, "charge", "customer", "metadata")),
         )
 
+    # tax rates
+
+    @_translating
+    def create_tax_rate(
+        self,
+        percentage: Decimal,
+        country: str,
+        *,
+        display_name: str = "VAT",
+        inclusive: bool = True,
+        idempotency_key: str | None = None,
+    ) -> StripeTaxRateData:
+        """Create a VAT Tax Rate of ``percentage`` for ``country``, tagged as ours. Tax Rates are
+        never edited: a new rate is a new Tax Rate."""
+        params: dict[str, Any] = {
+            "display_name": display_name,
+            "percentage": str(percentage),
+            "inclusive": inclusive,
+            "description": f"VAT {country.upper()} {percentage}% (e-newspapers)",
+            "metadata": _tag(
+                {"tollgate_country": country.upper(), "tollgate_rate": str(percentage)}
+            ),
+        }
+        self._dialect.add_tax_rate_country(params, country.upper())
+        options: stripe.RequestOptions = {}
+        if idempotency_key:
+            options["idempotency_key"] = idempotency_key
+        return self._tax_rate(self._client.v1.tax_rates.create(params, options).to_dict())  # type: ignore[arg-type]
+
+    @_translating
+    def list_tax_rates(self) -> list[StripeTaxRateData]:
+        """Every Tax Rate on the account, archived ones too (ours and others'; filter with
+        :func:`is_ours` and ``active``)."""
+        return [
+            self._tax_rate(rate.to_dict())
+            for rate in self._client.v1.tax_rates.list({"limit": 100}).auto_paging_iter()
+        ]
+
+    @_translating
+    def preview_next_invoice(self, customer_id: str, subscription_id: str) -> InvoicePreviewData:
+        """The subscription's next invoice as it stands (``POST /v1/invoices/create_preview``):
+        its total and the VAT inside at the Tax Rates it carries now."""
+        raw = self._client.v1.invoices.create_preview(
+            {"customer": customer_id, "subscription": subscription_id}
+        ).to_dict()
+        return InvoicePreviewData(
+            currency=_str(raw, "currency"),
+            subtotal=_int(raw.get("subtotal")),
+            tax=self._dialect.invoice_tax(raw),
+            total=_int(raw.get("total")),
+            tax_rate_ids=self._dialect.invoice_tax_rate_ids(raw),
+        )
+
+    @_translating
+    def set_subscription_tax_rates(
+        self, subscription_id: str, tax_rate_ids: Sequence[str]
+    ) -> StripeSubscriptionData:
+        """Tax the subscription's next invoices at ``tax_rate_ids`` (its ``default_tax_rates``);
+        invoices already issued keep theirs."""
+        params: dict[str, Any] = {"default_tax_rates": list(tax_rate_ids) or ""}
+        return self._subscription(
+            self._client.v1.subscriptions.update(subscription_id, params).to_dict()  # type: ignore[arg-type]
+        )
+
     # webhooks
 
     def register_webhook_endpoint(self, url: str, secret: str) -> bool:
@@ -1400,6 +1548,7 @@ class StripeGateway:
             last4=_opt_str(_get(details, "last4")),
             exp_month=_opt_int(_get(details, "exp_month")),
             exp_year=_opt_int(_get(details, "exp_year")),
+            country=_opt_str(_get(details, "country")),
         )
 
     def _subscription(self, raw: _Raw) -> StripeSubscriptionData:
@@ -1425,6 +1574,22 @@ class StripeGateway:
             collection_method=_opt_str(raw.get("collection_method")) or "charge_automatically",
             latest_invoice_id=_id_of(raw.get("latest_invoice")),
             created=_time(raw.get("created")),
+            metadata=_metadata(raw.get("metadata")),
+            tax_rate_ids=tuple(
+                rate
+                for rate in (_id_of(item) for item in raw.get("default_tax_rates") or [])
+                if rate
+            ),
+        )
+
+    def _tax_rate(self, raw: _Raw) -> StripeTaxRateData:
+        return StripeTaxRateData(
+            id=_str(raw, "id"),
+            display_name=_opt_str(raw.get("display_name")) or "",
+            percentage=Decimal(str(raw.get("percentage") or 0)),
+            inclusive=bool(raw.get("inclusive")),
+            active=bool(raw.get("active", True)),
+            country=self._dialect.tax_rate_country(raw),
             metadata=_metadata(raw.get("metadata")),
         )
 
@@ -1462,6 +1627,8 @@ class StripeGateway:
                 _get(subscription_details, "metadata"),
                 _get(customer, "metadata"),
             ),
+            tax_rate_ids=self._dialect.invoice_tax_rate_ids(raw),
+            total_excluding_tax=_opt_int(raw.get("total_excluding_tax")),
         )
 
     def _refund(self, raw: _Raw) -> StripeRefundData:

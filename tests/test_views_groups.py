@@ -58,7 +58,7 @@ ORDER = {
     "name": "Example Ministry",
     "billing_email": "accounts@ministry.example",
     "country": "DE",
-    "vat_id": "DE 123 456 789",
+    "vat_id": "DE 123 456 788",
     "seats": "3",
 }
 
@@ -81,7 +81,7 @@ def test_an_organisation_orders_seats_by_invoice_sees_the_price_first_and_pays_b
     )
     assert done.status_code == 302
     group = session.scalars(select(Group)).one()
-    assert (group.vat_id, group.country) == ("DE123456789", "DE")
+    assert (group.vat_id, group.country) == ("DE123456788", "DE")
     subscription = session.scalars(select(Subscription)).one()
     assert subscription.status == SubscriptionStatus.ACTIVE
     assert subscription.collection_method == CollectionMethod.SEND_INVOICE
@@ -328,3 +328,53 @@ def test_an_overdue_invoice_makes_the_group_past_due_and_mails_billing_and_admin
     assert decide(reader, clock.now() + timedelta(days=8)).reason == Reason.NONE
     runner.invoke(args=["billing", "tick"])
     assert len([m for m in outbox.all() if "overdue" in m.subject]) == 2
+
+
+def test_an_organisation_without_a_vat_number_pays_its_countrys_vat_on_top_of_the_net_price(
+    client: FlaskClient, session: Session, gateway: StripeGateway
+) -> None:
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example")
+    session.commit()
+    _login(client, admin.email)
+    order = {**ORDER, "vat_id": "", "payment": "invoice"}
+    review = post_form(client, "/groups/new", order).get_data(as_text=True)
+    assert "288.00" in review and "20.16" in review and "308.16" in review  # 7 % DE on top
+    token = csrf_token(client, "/groups/new")
+    done = client.post("/groups/new", data={**order, "confirm": "yes", "csrf_token": token})
+    assert done.status_code == 302
+    invoice = session.scalars(select(Invoice)).one()
+    assert (invoice.total, invoice.tax, invoice.tax_country) == (30816, 2016, "DE")
+    assert not invoice.reverse_charge
+
+
+def test_an_organisation_with_a_vat_number_of_another_member_state_is_reverse_charged(
+    client: FlaskClient, session: Session, gateway: StripeGateway
+) -> None:
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example")
+    session.commit()
+    _login(client, admin.email)
+    order = {**ORDER, "payment": "invoice"}
+    review = post_form(client, "/groups/new", order).get_data(as_text=True)
+    assert "Reverse charge" in review or "reverse charge" in review
+    token = csrf_token(client, "/groups/new")
+    done = client.post("/groups/new", data={**order, "confirm": "yes", "csrf_token": token})
+    assert done.status_code == 302
+    invoice = session.scalars(select(Invoice)).one()
+    assert (invoice.total, invoice.tax) == (28800, 0)
+    assert invoice.reverse_charge
+
+
+def test_a_vat_number_with_wrong_check_digits_is_refused_naming_the_field(
+    client: FlaskClient, session: Session, gateway: StripeGateway
+) -> None:
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example")
+    session.commit()
+    _login(client, admin.email)
+    review = post_form(
+        client, "/groups/new", {**ORDER, "vat_id": "DE123456789", "payment": "invoice"}
+    )
+    assert review.status_code == 400
+    assert session.scalars(select(Group)).first() is None

@@ -34,6 +34,7 @@ from billing.models.payments import (
 from billing.models.plans import Plan
 from billing.models.readers import Reader, Trial
 from billing.models.token_keys import TokenKey, TokenKeyState
+from billing.models.vat import TaxRate
 
 __all__ = [
     "ApiClient",
@@ -64,6 +65,7 @@ __all__ = [
     "SubscriptionEvent",
     "SubscriptionEventKind",
     "SubscriptionStatus",
+    "TaxRate",
     "TokenKey",
     "TokenKeyState",
     "Trial",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from billing.models.base import Base, Currency, enum_type, public_id_column
@@ -47,6 +48,15 @@ class Customer(Base):
     default_payment_method_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
+    declared_country: Mapped[str | None] = mapped_column(String(2))
+    """Evidence of where the customer is: the country they gave (``country`` is the one taxed)."""
+    card_country: Mapped[str | None] = mapped_column(String(2))
+    """Evidence of where the customer is: their card's issuing country."""
+    country_confirmed_at: Mapped[datetime | None]
+    """When the reader confirmed ``country`` although the card says otherwise."""
+    vies_valid: Mapped[bool | None] = mapped_column(Boolean)
+    """What VIES said of ``vat_id`` (None: not asked, or no answer)."""
+    vies_checked_at: Mapped[datetime | None]
 
     reader: Mapped[Reader | None] = relationship(back_populates="customer")
     subscriptions: Mapped[list[Subscription]] = relationship(back_populates="customer")
@@ -93,6 +103,8 @@ class Subscription(Base):
     last_stripe_event_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    tax_rate_id: Mapped[int | None] = mapped_column(ForeignKey("tax_rates.id"))
+    """The Tax Rate set on Stripe as the subscription's ``default_tax_rates`` (next invoices)."""
 
     customer: Mapped[Customer] = relationship(back_populates="subscriptions")
     plan: Mapped[Plan] = relationship()
@@ -214,6 +226,18 @@ class Invoice(Base):
     paid_at: Mapped[datetime | None]
     hosted_invoice_url: Mapped[str | None] = mapped_column(String(1000))
     invoice_pdf_url: Mapped[str | None] = mapped_column(String(1000))
+    net: Mapped[int] = mapped_column(default=0, server_default="0")
+    """``total - tax``: the amount without VAT."""
+    tax_rate: Mapped[Decimal | None] = mapped_column(Numeric(7, 4))
+    """The VAT percentage the invoice was taxed at (0 for reverse charge)."""
+    tax_country: Mapped[str | None] = mapped_column(String(2))
+    """The member state the VAT is owed to (the customer's, or the publisher's for domestic sales)."""
+    tax_kind: Mapped[str | None] = mapped_column(String(16))
+    """``domestic``, ``oss``, ``reverse_charge`` or ``outside_eu`` (:class:`billing.services.vat.TaxKind`)."""
+    reverse_charge: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    tax_evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The country evidence when the invoice was mirrored: declared and card country, whether they
+    agree and whether the reader confirmed."""
 
     __table_args__ = (
         CheckConstraint("tax >= 0", name="tax_not_negative"),
@@ -238,6 +262,8 @@ class Refund(Base):
     status: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
+    tax: Mapped[int] = mapped_column(default=0, server_default="0")
+    """The VAT given back with the refund, at its invoice's rate; dated at the refund."""
 
     __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
 

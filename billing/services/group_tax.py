@@ -1,36 +1,48 @@
 """The one place group purchases ask how VAT applies to an organisation.
 
-Today no VAT rule is decided here: :func:`group_tax` answers :data:`UNDECIDED`, and the pages say
-VAT is added on the invoice. At merge it calls the VAT service's
-``tax_treatment(country, vat_id, on)`` (issue 10), and nothing else in the group code changes.
+:func:`group_tax` asks the VAT rules (:func:`billing.services.taxes.business_treatment`): an
+organisation with a valid VAT number of another member state is reverse-charged (0 %, with the
+legal mention), any other is charged its country's rate (the publisher's own for a domestic
+buyer, the buyer's under the OSS, none outside the EU). Group prices are net: the VAT is on top.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time
+from decimal import ROUND_HALF_UP, Decimal
+
+from billing.services import taxes
 
 
 @dataclass(frozen=True)
 class GroupTax:
-    """How VAT applies to an organisation's seats: ``rate_percent`` None while undecided."""
+    """How VAT applies to an organisation's seats: ``rate`` percent on top of the net price."""
 
-    rate_percent: float | None
+    rate: Decimal
     reverse_charge: bool
     note: str
 
-    def tax_on(self, net: int) -> int | None:
-        """The VAT on ``net`` minor units (None while undecided; 0 under reverse charge)."""
+    def tax_on(self, net: int) -> int:
+        """The VAT on ``net`` minor units, rounded half up to the minor unit (0 under reverse
+        charge)."""
         if self.reverse_charge:
             return 0
-        if self.rate_percent is None:
-            return None
-        return round(net * self.rate_percent / 100)
-
-
-UNDECIDED = GroupTax(None, False, "VAT is added on the invoice where it applies.")
+        exact = Decimal(net) * self.rate / 100
+        return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def group_tax(country: str, vat_id: str | None, on: date) -> GroupTax:
-    """How VAT applies to an organisation in ``country`` with ``vat_id`` on the day ``on``."""
-    return UNDECIDED
+    """How VAT applies to an organisation in ``country`` with ``vat_id`` on the day ``on``.
+
+    Raises :class:`billing.services.vat.InvalidVatIdError` (field ``vat_id``) for a malformed
+    VAT number.
+    """
+    treatment = taxes.business_treatment(
+        country,
+        vat_id,
+        now=datetime.combine(on, time(12), tzinfo=UTC),
+        settings=taxes.current_settings(),
+    )
+    note = treatment.mention or f"VAT {treatment.rate.normalize():f} % ({treatment.country})"
+    return GroupTax(treatment.rate, treatment.reverse_charge, note)

@@ -41,7 +41,7 @@ from billing.models import (
     Subscription,
     SubscriptionStatus,
 )
-from billing.services import audit, mail
+from billing.services import audit, mail, taxes
 from billing.services.accounts import InvalidLink, _dumps, _loads, normalise_email
 from billing.services.group_networks import NetworkRules, bounds, parse_network
 from billing.services.group_tax import GroupTax, group_tax
@@ -106,19 +106,19 @@ class GroupRules:
 
 @dataclass(frozen=True)
 class Quote:
-    """What ``seats`` seats cost a year: net, VAT (None while undecided) and total."""
+    """What ``seats`` seats cost a year: net, VAT (on top of the net price) and total."""
 
     seats: int
     unit_amount: int
     currency: str
     net: int
     tax: GroupTax
-    vat: int | None
+    vat: int
 
     @property
     def total(self) -> int:
-        """Net plus VAT (net alone while the VAT is undecided)."""
-        return self.net + (self.vat or 0)
+        """Net plus VAT."""
+        return self.net + self.vat
 
 
 @dataclass
@@ -200,6 +200,7 @@ def create_group(
     clean_name, email, code, vat = _validated_order(
         name, billing_email, country, vat_id, seats, rules
     )
+    treatment = taxes.business_treatment(code, vat, now=now, settings=taxes.current_settings())
     plan = seat_plan(session)
     group = Group(name=clean_name, billing_email=email, country=code, vat_id=vat, created_at=now)
     session.add(group)
@@ -225,6 +226,7 @@ def create_group(
         vat_id=vat,
         created_at=now,
     )
+    taxes.record_business_treatment(customer, treatment)
     session.add(customer)
     session.flush()
     audit.record(
@@ -270,6 +272,9 @@ def _start_subscription(
         select(func.count(Subscription.id)).where(Subscription.customer_id == customer.id)
     )
     with _talking_to_stripe():
+        tax_rate = taxes.tax_rates_for(
+            session, gateway, customer, now=now, settings=taxes.current_settings()
+        )
         created = gateway.create_subscription(
             customer.stripe_id,
             plan.stripe_price_id,
@@ -277,6 +282,7 @@ def _start_subscription(
             metadata={"tollgate_group_id": group.public_id, "tollgate_plan": plan.code},
             collection_method=method.value,
             days_until_due=rules.days_until_due if invoice else None,
+            tax_rate_ids=taxes.tax_rate_ids(tax_rate),
             idempotency_key=f"tollgate-group-subscribe-{group.public_id}-{attempt}",
         )
         subscription = _sync_after_change(session, gateway, created, now=now)

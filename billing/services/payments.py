@@ -59,7 +59,7 @@ from billing.models import (
     TrialStatus,
 )
 from billing.models.enums import BillingInterval
-from billing.services import audit
+from billing.services import audit, taxes
 from billing.services.stripe_mirror import (
     PROBLEM_STATUSES,
     Change,
@@ -357,11 +357,15 @@ def subscribe(
         select(func.count(Subscription.id)).where(Subscription.customer_id == customer.id)
     )
     with _talking_to_stripe():
+        tax_rate = taxes.tax_rates_for(
+            session, gateway, customer, now=now, settings=taxes.current_settings()
+        )
         created = gateway.create_subscription(
             customer.stripe_id,
             plan.stripe_price_id,
             metadata={"tollgate_reader_id": reader.public_id, "tollgate_plan": plan.code},
             idempotency_key=f"tollgate-subscribe-{customer.stripe_id}-{attempt}-{plan.code}",
+            tax_rate_ids=taxes.tax_rate_ids(tax_rate),
         )
         subscription = _sync_after_change(session, gateway, created, now=now)
     audit.record(
@@ -668,6 +672,9 @@ def start_scheduled(
     ]
     created = found[0] if found else None
     if created is None:
+        tax_rate = taxes.tax_rates_for(
+            session, gateway, customer, now=now, settings=taxes.current_settings()
+        )
         created = gateway.create_subscription(
             customer.stripe_id,
             plan.stripe_price_id,
@@ -677,6 +684,7 @@ def start_scheduled(
                 "tollgate_scheduled_id": tag,
             },
             idempotency_key=f"tollgate-scheduled-{scheduled.id}",
+            tax_rate_ids=taxes.tax_rate_ids(tax_rate),
         )
     subscription = _sync_after_change(session, gateway, created, now=now)
     if subscription.status == SubscriptionStatus.INCOMPLETE:
@@ -796,6 +804,7 @@ def _mirror_card(customer: Customer, card: CardData) -> None:
             "card_brand": card_label(card),
             "card_last4": card.last4,
             "default_payment_method_id": card.payment_method_id,
+            "card_country": card.country,
         },
     )
 

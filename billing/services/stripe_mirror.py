@@ -64,7 +64,7 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.models.payments import ENDED_STATUSES
-from billing.services import mail
+from billing.services import mail, taxes
 from billing.services.accounts import by_public_id, canonical_email
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,9 @@ def sync_charge_refunds(
         else None
     )
     refunds: list[Refund] = []
-    for data in gateway.list_refunds(stripe_charge_id):
+    found = gateway.list_refunds(stripe_charge_id)
+    refund_taxes = taxes.refund_taxes(session, invoice, found)
+    for data in found:
         values: dict[str, Any] = {
             "invoice_id": invoice.id if invoice is not None else None,
             "stripe_charge_id": stripe_charge_id,
@@ -177,6 +179,7 @@ def sync_charge_refunds(
             "status": data.status,
             "reason": data.reason,
             "created_at": data.created,
+            "tax": refund_taxes[data.id],
         }
         synced = _upsert(session, Refund, data.id, values, _locked(session, Refund, data.id))
         assert synced.row is not None
@@ -515,6 +518,7 @@ def _apply_subscription(
         "ended_at": data.ended_at,
         "trial_end": data.trial_end,
         "collection_method": CollectionMethod(data.collection_method),
+        "tax_rate_id": taxes.stored_tax_rate_id(session, data.tax_rate_ids),
     }
     if row is None:
         # By id: a relationship would put the row in the session before the insert's savepoint.
@@ -747,6 +751,15 @@ def _sync_invoice(
                 session, gateway, data.subscription_id, now, event_id
             ).row
     values = _invoice_values(data, customer, subscription)
+    values.update(
+        taxes.invoice_tax_values(
+            session,
+            data,
+            customer,
+            row,
+            publisher_country=taxes.current_settings().publisher_country,
+        )
+    )
     return _upsert(session, Invoice, data.id, values, row)
 
 

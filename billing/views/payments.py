@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from flask import (
@@ -26,7 +27,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_login import login_required
 from flask_wtf import FlaskForm
-from wtforms import Field, HiddenField, RadioField
+from wtforms import Field, HiddenField, RadioField, SelectField
 from wtforms.validators import ValidationError
 
 from billing import db
@@ -34,10 +35,17 @@ from billing.clock import current_clock
 from billing.errors import DomainError, error_body
 from billing.extensions import limiter
 from billing.gateway import StripeGateway
-from billing.models import BillingInterval, Plan, Reader, SubscriptionStatus
-from billing.services import payments, stripe_mirror
+from billing.models import BillingInterval, Invoice, Plan, Reader, SubscriptionStatus
+from billing.services import payments, stripe_mirror, taxes
+from billing.services.vat import REVERSE_CHARGE_MENTION, CountryEvidence, plain_rate
 from billing.views import guards
-from billing.views.forms import ButtonForm, render_form, render_refused
+from billing.views.forms import (
+    COUNTRY_CHOICES,
+    COUNTRY_NAMES,
+    ButtonForm,
+    render_form,
+    render_refused,
+)
 from billing.views.staff import Pagination
 
 bp = Blueprint("payments", __name__)
@@ -114,6 +122,19 @@ def price_text(plan: Plan) -> str:
     """A plan's price with its interval: ``€12.00 a month``, ``€120.00 a year``."""
     per = "a year" if plan.interval == BillingInterval.YEAR else "a month"
     return f"{money(plan.amount, plan.currency)} {per}"
+
+
+@bp.app_template_filter("vat_line")
+def vat_line(invoice: Invoice) -> str:
+    """The VAT of an invoice as a reader reads it: ``€0.79 (7% DE)``, ``Reverse charge``, or ``—``
+    for an invoice recorded without a rate."""
+    if invoice.reverse_charge:
+        return "Reverse charge"
+    if invoice.tax_rate is None:
+        return "—"
+    rate = plain_rate(Decimal(invoice.tax_rate))
+    country = f" {invoice.tax_country}" if invoice.tax_country else ""
+    return f"{money(invoice.tax, invoice.currency)} ({rate}%{country})"
 
 
 @bp.app_template_filter("card_brand")
@@ -199,14 +220,37 @@ class CardForm(FlaskForm):
 
 
 class SubscribeForm(CardForm):
-    """Subscribe: choose a plan, enter a card."""
+    """Subscribe: choose a plan, say where you live (for VAT), enter a card."""
 
     plan = RadioField("Plan", validate_choice=False)
+    country = SelectField(
+        "Country you live in",
+        choices=COUNTRY_CHOICES,
+        validate_choice=False,
+        filters=[lambda value: value.strip().upper() if isinstance(value, str) else value],
+    )
 
     def validate_plan(self, field: Field) -> None:
         """The plan must be one of the offered ones."""
         if field.data not in {code for code, _ in field.choices or []}:
             raise ValidationError("Choose monthly or yearly.")
+
+    def validate_country(self, field: Field) -> None:
+        """The country must be one of the listed ones."""
+        if field.data not in COUNTRY_NAMES:
+            raise ValidationError("Choose the country you live in from the list.")
+
+
+class ConfirmCountryForm(FlaskForm):
+    """Which country the reader lives in, when their card was issued elsewhere."""
+
+    plan = HiddenField("Plan")
+    country = RadioField("The country you live in", validate_choice=False)
+
+    def validate_country(self, field: Field) -> None:
+        """One of the two countries offered."""
+        if field.data not in {code for code, _ in field.choices or []}:
+            raise ValidationError("Choose the country you live in.")
 
 
 class SwitchForm(FlaskForm):
@@ -303,6 +347,8 @@ def subscribe() -> ResponseReturnValue:
         return redirect(url_for("account.overview"))
     plans = payments.reader_plans(session)
     form = _subscribe_form(plans)
+    if not form.country.data:
+        form.country.data = _declared_country(session, reader)
     if not reader.is_verified:
         status = 403 if request.method == "POST" else 200
         return _render_subscribe(form, plans, unverified=True), status
@@ -322,8 +368,17 @@ def subscribe() -> ResponseReturnValue:
         if pending:
             action_secret = payments.retry_payment(session, gateway, reader, now=now)
         else:
+            taxes.declare_country(
+                session, gateway, reader, form.country.data, confirmed=False, now=now
+            )
             outcome = payments.subscribe(session, gateway, reader, form.plan.data, now=now)
             action_secret = outcome.action_client_secret
+    except taxes.CountryUnconfirmed as unconfirmed:
+        # The card is saved (and mirrored); the reader now says where they live.
+        session.commit()
+        return _confirm_country_page(
+            _confirm_country_form(unconfirmed.evidence, form.plan.data), unconfirmed.evidence
+        )
     except payments.PaymentFailed as error:
         # What Stripe did stays mirrored (the saved card, a subscription left incomplete).
         session.commit()
@@ -341,6 +396,80 @@ def subscribe() -> ResponseReturnValue:
     if action_secret:
         return _authenticate_page(
             action_secret, done_url, title="Confirm your payment", other_card_url=done_url
+        )
+    return redirect(done_url)
+
+
+def _declared_country(session: Any, reader: Reader) -> str:
+    """The country to prefill: the one the reader last gave when subscribing, else the account's."""
+    customer = stripe_mirror.customer_of(session, reader)
+    return (customer.declared_country if customer is not None else None) or reader.country
+
+
+def _confirm_country_form(evidence: CountryEvidence, plan_code: str) -> ConfirmCountryForm:
+    form = ConfirmCountryForm()
+    form.country.choices = [
+        (evidence.declared, COUNTRY_NAMES.get(evidence.declared, evidence.declared)),
+        (evidence.card or "", COUNTRY_NAMES.get(evidence.card or "", evidence.card or "")),
+    ]
+    if not form.plan.data:
+        form.plan.data = plan_code
+    return form
+
+
+def _confirm_country_page(
+    form: ConfirmCountryForm, evidence: CountryEvidence, status: int = 200
+) -> ResponseReturnValue:
+    return (
+        render_template(
+            "payments/confirm_country.html",
+            form=form,
+            evidence=evidence,
+            declared_name=COUNTRY_NAMES.get(evidence.declared, evidence.declared),
+            card_name=COUNTRY_NAMES.get(evidence.card or "", evidence.card),
+        ),
+        status,
+    )
+
+
+@bp.route("/subscribe/country", methods=["POST"])
+@login_required
+def confirm_country() -> ResponseReturnValue:
+    """The reader says which of the two countries (the one they gave, their card's) they live in;
+    the choice is recorded as evidence and the subscription goes ahead with the saved card."""
+    reader = guards.reader()
+    session = db.session()
+    now = current_clock().now()
+    customer = stripe_mirror.customer_of(session, reader)
+    if customer is None or not customer.default_payment_method_id or not reader.is_verified:
+        return redirect(url_for("payments.subscribe"))
+    declared = (request.form.get("declared") or "").strip().upper()
+    evidence = CountryEvidence(declared=declared, card=customer.card_country)
+    if evidence.agrees:
+        return redirect(url_for("payments.subscribe"))
+    form = _confirm_country_form(evidence, request.form.get("plan") or "")
+    if declared not in COUNTRY_NAMES or not form.validate_on_submit():
+        return _confirm_country_page(form, evidence, 400)
+    gateway = _gateway()
+    try:
+        taxes.declare_country(session, gateway, reader, form.country.data, confirmed=True, now=now)
+        outcome = payments.subscribe(session, gateway, reader, form.plan.data, now=now)
+    except payments.PaymentFailed as error:
+        session.commit()
+        flash(error.message, "error")
+        return redirect(url_for("payments.subscribe"))
+    except DomainError as error:
+        session.rollback()
+        flash(error.message, "error")
+        return redirect(url_for("payments.subscribe"))
+    session.commit()
+    done_url = url_for("payments.done")
+    if outcome.action_client_secret:
+        return _authenticate_page(
+            outcome.action_client_secret,
+            done_url,
+            title="Confirm your payment",
+            other_card_url=done_url,
         )
     return redirect(done_url)
 
@@ -481,6 +610,7 @@ def invoices() -> ResponseReturnValue:
         invoices=rows,
         pagination=Pagination(page=page, pages=pages, total=total),
         status_words=INVOICE_STATUS_WORDS,
+        reverse_charge_mention=REVERSE_CHARGE_MENTION,
     )
 
 

@@ -264,7 +264,7 @@ def _one_by_one(
 def tick(now_text: str | None) -> None:
     """Start subscriptions scheduled at a trial's end, send due trial reminders and endings, each
     exactly once; safe to run every minute."""
-    from billing.services import payments
+    from billing.services import notices, payments
 
     now = _parse_now(now_text).now()
     session = db.session()
@@ -279,7 +279,13 @@ def tick(now_text: str | None) -> None:
         payments.record_start_failure(own, scheduled_id, f"{type(exc).__name__}: {exc}")
 
     started, start_failures = _one_by_one("starts", due_starts, start, on_failure=record)
-    subscribed = payments.trials_awaiting_start(session)
+    paying = payments.trials_of_subscribers(session, now=now)
+    subscribed = payments.trials_awaiting_start(session) | paying
+    _one_by_one(
+        "conversions",
+        [t for t in trials.due_endings(session, now=now) if t in paying],
+        lambda own, t: trials.mark_converted(own, t, now=now),
+    )
     lead = timedelta(days=current_app.config["TRIAL_REMINDER_DAYS"])
     due = [t for t in trials.due_reminders(session, now=now, lead=lead) if t not in subscribed]
     remind = _trial_mailer("trial_reminder")
@@ -291,6 +297,11 @@ def tick(now_text: str | None) -> None:
     endings, _ = _one_by_one(
         "endings", ended, lambda own, t: trials.end_trial(own, t, now=now, notify=farewell)
     )
+    renewals, _ = _one_by_one(
+        "renewal notices",
+        notices.due_renewal_notices(session, now=now),
+        lambda own, s: notices.send_renewal_notice(own, s),
+    )
     pruned = decision_cache.prune(session, before=now - timedelta(days=1))
     session.commit()
     if pruned:
@@ -298,7 +309,8 @@ def tick(now_text: str | None) -> None:
     failures = f" ({start_failures} failed, retried next tick)" if start_failures else ""
     click.echo(
         f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended, "
-        f"{started} scheduled subscription(s) started{failures}."
+        f"{started} scheduled subscription(s) started{failures}, "
+        f"{renewals} renewal notice(s) sent."
     )
 
 

@@ -139,7 +139,42 @@ SETTINGS: tuple[Setting, ...] = (
         "0",
         "number of trusted proxies in front of the app whose `X-Forwarded-*` headers are believed",
     ),
+    Setting(
+        "PUBLICATION_NAME",
+        "Tollgate",
+        "the publication's name, shown on every page and in every mail (`make run`: the demo newspaper)",
+    ),
+    Setting(
+        "PUBLICATION_URL",
+        "",
+        "the publication's home page; the header's name and logo link to it",
+    ),
+    Setting(
+        "PUBLICATION_LOGO",
+        "",
+        "the logo: an `https://` URL, or the path of an SVG, PNG or JPEG file served at `/brand/logo`",
+    ),
+    Setting(
+        "PUBLICATION_ACCENT",
+        "#0b5fff",
+        "accent colour of links and buttons, `#rgb` or `#rrggbb`",
+    ),
+    Setting("SUPPORT_EMAIL", "", "where readers write for help (page footer and every mail)"),
+    Setting("TERMS_URL", "", "the terms of subscription (footer, sign-up form, mails)"),
+    Setting("PRIVACY_URL", "", "the privacy policy (footer, sign-up form, mails)"),
+    Setting("IMPRINT_URL", "", "the imprint / legal notice (footer, mails)"),
 )
+BRAND_SETTINGS = (
+    "PUBLICATION_NAME",
+    "PUBLICATION_URL",
+    "PUBLICATION_LOGO",
+    "PUBLICATION_ACCENT",
+    "SUPPORT_EMAIL",
+    "TERMS_URL",
+    "PRIVACY_URL",
+    "IMPRINT_URL",
+)
+"""The publication's brand and legal links (checked by :func:`billing.branding.brand_from`)."""
 _DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
 
@@ -199,6 +234,7 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "DECISION_CACHE_MAX_AGE": number("DECISION_CACHE_MAX_AGE", float),
         "DECISION_CACHE_POLL_INTERVAL": number("DECISION_CACHE_POLL_INTERVAL", float),
         "PROXY_FIX_X_FOR": number("PROXY_FIX_X_FOR"),
+        **{name: get(name).strip() for name in BRAND_SETTINGS},
         "SESSION_COOKIE_SECURE": production,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -47,6 +47,14 @@ class Customer(Base):
     default_payment_method_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
+    balance: Mapped[int] = mapped_column(default=0, server_default="0")
+    """Stripe's customer balance in minor units (of the subscription's currency): negative is a
+    credit, which pays the next invoices first."""
+
+    @property
+    def credit(self) -> int:
+        """The credit the customer has on Stripe (0 when none), in minor units."""
+        return max(0, -self.balance)
 
     reader: Mapped[Reader | None] = relationship(back_populates="customer")
     subscriptions: Mapped[list[Subscription]] = relationship(back_populates="customer")
@@ -93,6 +101,8 @@ class Subscription(Base):
     last_stripe_event_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    renewal_notice_for: Mapped[datetime | None]
+    """The period end whose renewal notice was mailed (one notice per renewal)."""
 
     customer: Mapped[Customer] = relationship(back_populates="subscriptions")
     plan: Mapped[Plan] = relationship()

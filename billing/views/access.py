@@ -25,7 +25,7 @@ logs out or loses access gets no new token, and the one they hold expires within
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlencode, urlsplit
 
 from flask import (
@@ -45,7 +45,7 @@ from billing import db
 from billing.clock import current_clock
 from billing.errors import DomainError, NotFound, ValidationFailed
 from billing.models import ApiClient, Reader
-from billing.services import api_clients, entitlements, trials
+from billing.services import api_clients, entitlements, payments, trials
 from billing.services.entitlements import Decision
 from billing.views import guards
 from billing.views.account import REASON_WORDS
@@ -201,6 +201,13 @@ def access() -> ResponseReturnValue:
         return _send_back(destination)
     days = int(current_app.config["TRIAL_DAYS"])
     subscribe_url = url_for("payments.subscribe", next=here)
+    trial_url = url_for("account.trial", next=here)
+    if request.args.get("offer") == "trial":
+        # The paywall's "Start your free trial" goes straight to where the trial starts.
+        if reader is None:
+            return redirect(url_for("auth.signup", next=trial_url))
+        if trials.refusal_reason(db.session(), reader) is None:
+            return redirect(trial_url)
     if reader is None:
         return render_template(
             "access/offers.html",
@@ -208,6 +215,10 @@ def access() -> ResponseReturnValue:
             return_to=return_to,
             days=days,
             subscribe_url=subscribe_url,
+            trial_url=trial_url,
+            plans=payments.reader_plans(db.session()),
+            seat_plans=payments.group_plans(db.session()),
+            trial_ends=now + timedelta(days=days),
         )
     return render_template(
         "access/refused.html",

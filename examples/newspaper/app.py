@@ -345,6 +345,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.setdefault("CLOCK", SystemClock())
     app.extensions["paywall"] = Paywall(app.config)
     app.jinja_env.globals["long_date"] = lambda moment: f"{moment.day} {moment:%B %Y}"
+    app.jinja_env.globals["tollgate_url"] = app.extensions["paywall"].tollgate_url
+    app.jinja_env.globals["has_token"] = lambda: isinstance(session.get(TOKEN_SESSION_KEY), dict)
 
     @app.after_request
     def _headers(response: Response) -> Response:
@@ -386,7 +388,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             access=access,
             refusal=REFUSAL_WORDS.get(reason or ""),
             access_url=_paywall().access_url(here),
+            trial_url=_paywall().access_url(here, offer="trial"),
         )
+
+    @app.get("/about")
+    def about() -> str:
+        """The demo's terms, privacy policy and imprint (Tollgate's footer links here)."""
+        return render_template("about.html")
+
+    @app.post("/logout")
+    def log_out() -> Any:
+        """Forget the reader's token here, then log them out of Tollgate too."""
+        session.pop(TOKEN_SESSION_KEY, None)
+        session.pop(RENEWING_SESSION_KEY, None)
+        return redirect(f"{_paywall().tollgate_url}/logout", code=303)
 
     @app.post("/session")
     def store_token() -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, abort, current_app, send_file
+from flask import Blueprint, Flask, Response, abort, current_app
 from markupsafe import escape
 
 from billing.config import ConfigError
@@ -154,7 +154,7 @@ def logo() -> Response:
     if path is None:
         abort(404)
     kind = LOGO_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
-    return _cached(send_file(path, mimetype=kind, max_age=BRAND_CACHE_SECONDS))
+    return _cached(Response(path.read_bytes(), content_type=kind))
 
 
 @bp.get("/favicon.svg")

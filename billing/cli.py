@@ -11,7 +11,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
-from billing import db
+from billing import db, demo_reader
 from billing.clock import Clock, FixedClock, as_utc, current_clock
 from billing.errors import DomainError
 from billing.models import ApiClient, BillingInterval, Plan, PlanKind, Reader, StaffRole, Trial
@@ -192,11 +192,15 @@ def seed_demo() -> None:
         if created and started is not None:
             session.flush()
             trials.start_trial(session, reader, now=started, days=days)
+    soon = demo_reader.seed_trial_ending_soon(session, _ensure_reader, now=now, days=days)
     newspaper = _ensure_demo_newspaper(now) if current_app.config["DEV_MODE"] else None
     session.commit()
     click.echo("Demo data ready.")
     click.echo(f"  Staff login: {DEMO_STAFF_EMAIL} / {DEMO_STAFF_PASSWORD}")
     click.echo(f"  Demo readers (password {DEMO_READER_PASSWORD}): " + ", ".join(demo_trials))
+    click.echo(
+        f"  {soon.email}'s trial ends two minutes from now: then run `billing tick` to see it end"
+    )
     if newspaper is not None:
         known = newspaper.key_hash == _demo_newspaper_key_hash()
         key = DEMO_NEWSPAPER_KEY if known else "rotated since"

@@ -157,8 +157,8 @@ def logo() -> Response:
     return _cached(Response(path.read_bytes(), content_type=kind))
 
 
+@bp.get("/favicon.ico", endpoint="favicon_ico")
 @bp.get("/favicon.svg")
-@bp.get("/favicon.ico")
 def favicon() -> Response:
     """The publication's initial, white on its accent colour, as an SVG icon."""
     brand = current_brand()

@@ -94,7 +94,7 @@ def check_password(password: str, *, email: str = "", field: str = "password") -
     strength = zxcvbn(password[:PASSWORD_STRENGTH_CHECKED], user_inputs=[email, *email.split("@")])
     if strength["score"] < PASSWORD_MIN_STRENGTH:
         warning = str(strength["feedback"].get("warning") or "").strip()
-        why = f" ({warning.rstrip('.')})" if warning else ""
+        why = f" ({warning[:1].lower()}{warning[1:].rstrip('.')})" if warning else ""
         raise ValidationFailed(
             f"This password is too easy to guess{why}. Use a longer one, for example a few "
             "unrelated words.",

@@ -348,12 +348,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.globals["tollgate_url"] = app.extensions["paywall"].tollgate_url
     app.jinja_env.globals["has_token"] = lambda: isinstance(session.get(TOKEN_SESSION_KEY), dict)
 
+    tollgate_origin = "/".join(app.extensions["paywall"].tollgate_url.split("/")[:3])
+
     @app.after_request
     def _headers(response: Response) -> Response:
         response.headers.setdefault(
             "Content-Security-Policy",
             "default-src 'self'; script-src 'self'; connect-src 'self'; style-src 'self'; "
-            "img-src 'self' data:; frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
+            "img-src 'self' data:; frame-ancestors 'none'; base-uri 'self'; "
+            # Logging out here goes on to Tollgate's log-out page (a redirect after a form).
+            f"form-action 'self' {tollgate_origin}",
         )
         response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
 from billing.gateway import StripeGateway
-from billing.models import Invoice
+from billing.models import Invoice, StaffRole
 from billing.services import api_clients
 from tests import factories
 from tests.browser import LiveServer
@@ -261,3 +261,34 @@ def test_nothing_overflows_the_dev_outbox_however_long_a_link(
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 420, f"the page is {width}px wide in a 420px window"
     screenshot(page, "outbox-narrow")
+
+
+def test_the_api_clients_table_keeps_its_actions_inside_the_page(
+    page: Page, live_server: LiveServer, session: Session, clock: FixedClock, screenshot: Screenshot
+) -> None:
+    admin = factories.reader(email="admin@example.org", staff_role=StaffRole.ADMIN)
+    api_clients.create(
+        session,
+        name="A content site with a rather long name",
+        scopes=["entitlements:read", "tokens:issue", "readers:read"],
+        allowed_origins=[
+            "https://a-very-long-subdomain-of-the-newspaper.news.example.com",
+            "https://another-quite-long-origin.example.org:8443",
+        ],
+        created_by=None,
+        now=clock.now(),
+    )
+    session.commit()
+    page.set_viewport_size({"width": 1024, "height": 900})
+    page.goto("/login")
+    page.locator("[name=email]").fill(admin.email)
+    page.locator("[name=password]").fill(factories.PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.goto("/staff/api-clients")
+
+    main = page.locator("#main").bounding_box()
+    revoke = page.get_by_role("button", name=re.compile("^Revoke")).bounding_box()
+    assert main is not None and revoke is not None
+    assert revoke["x"] + revoke["width"] <= main["x"] + main["width"], (revoke, main)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1024
+    screenshot(page, "api-clients")

@@ -1179,18 +1179,18 @@ class StripeGateway:
 
     @_translating
     def preview_price_change(self, subscription_id: str, price_id: str) -> InvoicePreviewData:
-        """What :meth:`change_price` would invoice now (Stripe's ``POST /v1/invoices/create_preview``
-        with the subscription's item moved to ``price_id``); nothing is changed."""
+        """What :meth:`change_price` to another interval would invoice now (Stripe's
+        ``POST /v1/invoices/create_preview`` with the subscription's item moved to ``price_id``);
+        nothing is changed."""
         current = self.retrieve_subscription(subscription_id)
         item = self._dialect.changed_item(current.item_id, price_id, current.quantity)
         raw = self._client.v1.invoices.create_preview(
             {
                 "customer": current.customer_id,
                 "subscription": subscription_id,
-                "subscription_details": {
-                    "items": [item],
-                    "proration_behavior": "always_invoice",
-                },
+                # The same change as change_price, with Stripe's default proration: a change of
+                # interval resets the billing cycle, so the preview is the invoice made at once.
+                "subscription_details": {"items": [item]},
             }
         ).to_dict()
         return InvoicePreviewData(

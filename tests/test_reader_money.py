@@ -22,6 +22,7 @@ from billing.models import Customer, Invoice, InvoiceStatus, Plan, Reader
 from billing.services import notices, payments
 from tests.payments_support import (
     MASTERCARD,
+    forget_the_mirror,
     only_subscription,
     plans_on_sale,
     reader_with_card,
@@ -316,3 +317,27 @@ def test_a_gateway_error_for_an_unknown_subscription_is_a_gateway_error(
 ) -> None:
     with pytest.raises(GatewayError):
         gateway.preview_price_change("sub_doesnotexist", plans[YEARLY].stripe_price_id or "")
+
+
+def test_reconciling_old_invoices_into_an_empty_mirror_mails_no_receipts(
+    app: Flask,
+    reader: Reader,
+    session: Session,
+    gateway: StripeGateway,
+    clock: FixedClock,
+    smtp_server: tuple[Collector, int],  # noqa: F811
+) -> None:
+    collector, _ = smtp_server
+    payments.subscribe(session, gateway, reader, MONTHLY, now=clock.now())
+    session.commit()
+    receipts = [m for m in collector.messages() if m["Subject"].startswith("Your receipt")]
+    assert len(receipts) == 1
+    forget_the_mirror(session)
+    clock.advance(timedelta(days=4))
+
+    result = app.test_cli_runner().invoke(args=["billing", "reconcile"])
+
+    assert result.exit_code == 0, result.output
+    assert session.scalars(select(Invoice)).one().status == InvoiceStatus.PAID
+    receipts = [m for m in collector.messages() if m["Subject"].startswith("Your receipt")]
+    assert len(receipts) == 1, "an old payment seen again is not receipted again"

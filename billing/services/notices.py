@@ -31,6 +31,8 @@ from billing.models import (
 )
 from billing.services import mail
 
+RECEIPT_WINDOW = timedelta(days=3)
+"""How recent a payment must be for the mirror's first sight of it to send a receipt."""
 RENEWAL_NOTICE_DAYS = 7
 """How long before a yearly renewal the reader is told (several EU countries ask for notice)."""
 
@@ -98,12 +100,16 @@ def receipt(session: Session, invoice: Invoice) -> None:
 
 
 def after_invoice_sync(
-    session: Session, invoice: Invoice, status_before: InvoiceStatus | None
+    session: Session, invoice: Invoice, status_before: InvoiceStatus | None, *, now: datetime
 ) -> None:
-    """Send the receipt when the mirror sees an invoice become paid with money taken."""
+    """Send the receipt when the mirror sees an invoice become paid with money taken.
+
+    Only for payments of the last :data:`RECEIPT_WINDOW`: re-syncing old invoices into an empty
+    mirror (``reconcile`` after a lost database) mails nobody.
+    """
     if status_before == InvoiceStatus.PAID or invoice.status != InvoiceStatus.PAID:
         return
-    if invoice.amount_paid <= 0:
+    if invoice.amount_paid <= 0 or (invoice.paid_at or invoice.created_at) < now - RECEIPT_WINDOW:
         return
     receipt(session, invoice)
 

@@ -558,7 +558,7 @@ def switch_plan(
     scheduled = _pending_schedule(session, reader)
     if scheduled is not None and _running_subscription(session, reader, now) is None:
         if scheduled.plan_id != plan.id:
-            before = scheduled.plan.code
+            before_plan = scheduled.plan
             scheduled.plan = plan
             audit.record(
                 session,
@@ -566,7 +566,18 @@ def switch_plan(
                 actor=reader,
                 action="subscription.switched",
                 target=reader,
-                details={"scheduled": scheduled.id, "from": before, "to": plan.code},
+                details={"scheduled": scheduled.id, "from": before_plan.code, "to": plan.code},
+            )
+            notices.plan_switched(
+                session,
+                reader,
+                before=before_plan,
+                after=plan,
+                charged_now=None,
+                next_charge_at=scheduled.starts_at,
+                next_amount=plan.amount,
+                credit=0,
+                key=f"scheduled-{scheduled.id}:{plan.code}:{now.isoformat()}",
             )
         return scheduled
     subscription = _manageable(session, reader, now)
@@ -579,7 +590,7 @@ def switch_plan(
         )
     before_plan = subscription.plan
     before = before_plan.code
-    previous_invoice = changed_invoice = None
+    changed_invoice: Invoice | None = None
     with _talking_to_stripe():
         previous_invoice = gateway.retrieve_subscription(subscription.stripe_id).latest_invoice_id
         changed = gateway.change_price(subscription.stripe_id, plan.stripe_price_id)

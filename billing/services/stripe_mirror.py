@@ -748,7 +748,7 @@ def _sync_invoice(
     status_before = row.status if row is not None else None
     synced = _upsert(session, Invoice, data.id, values, row)
     if synced.row is not None:
-        notices.after_invoice_sync(session, synced.row, status_before)
+        notices.after_invoice_sync(session, synced.row, status_before, now=now)
     return synced
 
 

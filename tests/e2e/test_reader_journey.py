@@ -156,6 +156,7 @@ def test_a_reader_pays_with_the_card_typed_with_spaces_and_gets_a_receipt_and_an
     page.goto("/account/invoices")
     row = page.locator(f'[data-invoice="{invoice.stripe_id}"]')
     expect(row).to_contain_text(invoice.number)
+    expect(row.locator("[data-vat]")).to_have_text("€0.00")
     pdf = row.get_by_role("link", name=re.compile("PDF"))
     href = pdf.get_attribute("href")
     assert href is not None

@@ -17,8 +17,9 @@ reference, so the pages are tested as they will look in production:
   never wrote what was left back to the customer, so every credit was lost. (localstripe's own
   ``total`` stays what is charged, never below zero; Stripe's ``total`` may be negative.)
 - **The card form.** Stripe.js accepts the card number with spaces (as printed on the card and in
-  the README); localstripe refused anything but 16 bare digits with "Bad request". Spaces and
-  dashes are dropped, and a wrong number, expiry or security code gets Stripe's ``card_error``
+  the README); localstripe refused anything but 16 bare digits with "Bad request", and its card
+  element jumped to the expiry after 16 characters, spaces counted. Spaces and dashes are
+  dropped, the element counts digits only, and a wrong number, expiry or security code gets Stripe's ``card_error``
   with its wording (``incomplete_number``, ``invalid_number``, ...).
 """
 
@@ -30,6 +31,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from html import escape
+from pathlib import Path
 from typing import Any
 
 SERVER_URL: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -37,6 +39,10 @@ SERVER_URL: contextvars.ContextVar[str] = contextvars.ContextVar(
 )
 """The address this server was reached at, for the links it puts on invoices."""
 INVOICE_PATH = re.compile(r"^/invoices/(in_[A-Za-z0-9]+)(/pdf)?$")
+STRIPE_JS_PATH = "/js.stripe.com/v3/"
+DIGITS_TYPED = "this.value.card.number.length >= 16"
+"""Where localstripe's Stripe.js moves on to the expiry once 16 characters are typed, spaces
+counted: a number typed with spaces lost its last digits to the expiry field."""
 
 
 def luhn_ok(number: str) -> bool:
@@ -227,9 +233,18 @@ def install(resources: Any, server: Any) -> None:
         )
         return web.Response(text=page, content_type="text/html")
 
+    script = (Path(resources.__file__).parent / "localstripe-v3.js").read_text()
+    if DIGITS_TYPED not in script:
+        raise RuntimeError("localstripe's Stripe.js changed: check devstripe_billing")
+    script = script.replace(
+        DIGITS_TYPED, DIGITS_TYPED.replace("number", "number.replace(/[\\s-]/g, '')")
+    )
+
     @web.middleware
     async def billing_middleware(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
         SERVER_URL.set(f"{request.scheme}://{request.host}")
+        if request.path == STRIPE_JS_PATH and request.method == "GET":
+            return web.Response(text=script, content_type="application/javascript")
         match = INVOICE_PATH.match(request.path)
         if match and request.method == "GET":
             return invoice_response(match.group(1), bool(match.group(2)))

@@ -75,10 +75,12 @@ def expect_branded(page: Page) -> None:
 
 
 def type_card(page: Page, number: str) -> None:
-    """Type a card as a reader would, spaces and all, into localstripe's card element."""
+    """Type a card as a reader would, key by key, spaces and all, into localstripe's card element."""
     card = page.locator("#card-element")
     expect(card.locator("input").first).to_be_visible()
-    card.get_by_label("Card number").fill(number)
+    card.get_by_label("Card number").fill("")
+    card.get_by_label("Card number").press_sequentially(number)
+    expect(card.get_by_label("Card number")).to_have_value(number)
     card.get_by_label("Expiry month (MM)").fill("12")
     card.get_by_label("Expiry year (YY)").fill("34")
     card.get_by_label("Security code (CVC)").fill("123")

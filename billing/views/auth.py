@@ -157,10 +157,10 @@ def verify_email() -> ResponseReturnValue:
 
 def _sent_to() -> str | None:
     """The address the verification link went to: the reader's, or the one just signed up with."""
+    if current_user.is_authenticated:
+        return guards.reader().email
     value = flask_session.get(CHECK_INBOX_KEY)
-    if isinstance(value, str):
-        return value
-    return guards.reader().email if current_user.is_authenticated else None
+    return value if isinstance(value, str) else None
 
 
 @bp.post("/verify-email/resend")

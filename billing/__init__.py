@@ -12,8 +12,8 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from billing import branding, db, errors, inputs
 from billing import config as settings
-from billing import db, errors, inputs
 from billing.clock import SystemClock
 from billing.extensions import csrf, limiter, login_manager
 from billing.gateway import StripeGateway
@@ -52,6 +52,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from billing.services import mail
 
     mail.init_app(app)
+    branding.init_app(app)
     _register_blueprints(app)
 
     from billing import cli
@@ -106,6 +107,8 @@ def _register_blueprints(app: Flask) -> None:
 def _security_headers_for(app: Flask) -> list[tuple[str, str]]:
     """The headers every response carries (CSP, framing, sniffing, HSTS in production)."""
     stripe_origin = "/".join(app.config["STRIPE_JS_URL"].split("/")[:3])
+    logo_origin = app.extensions["brand"].logo_origin
+    images = f"'self' data: {logo_origin}" if logo_origin else "'self' data:"
     headers = [
         (
             "Content-Security-Policy",
@@ -113,7 +116,7 @@ def _security_headers_for(app: Flask) -> list[tuple[str, str]]:
             f"script-src 'self' {stripe_origin}; "
             f"frame-src 'self' {stripe_origin}; "
             f"connect-src 'self' {stripe_origin}; "
-            "img-src 'self' data:; style-src 'self'; "
+            f"img-src {images}; style-src 'self'; "
             "frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
         ),
         ("X-Content-Type-Options", "nosniff"),

@@ -12,7 +12,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
-from billing import db
+from billing import db, demo_reader
 from billing.clock import Clock, FixedClock, as_utc, current_clock
 from billing.errors import DomainError
 from billing.models import ApiClient, BillingInterval, Plan, PlanKind, Reader, StaffRole, Trial
@@ -194,6 +194,7 @@ def seed_demo() -> None:
         if created and started is not None:
             session.flush()
             trials.start_trial(session, reader, now=started, days=days)
+    soon = demo_reader.seed_trial_ending_soon(session, _ensure_reader, now=now, days=days)
     newspaper = _ensure_demo_newspaper(now) if current_app.config["DEV_MODE"] else None
     token_key = None
     if newspaper is not None:
@@ -207,6 +208,9 @@ def seed_demo() -> None:
     click.echo("Demo data ready.")
     click.echo(f"  Staff login: {DEMO_STAFF_EMAIL} / {DEMO_STAFF_PASSWORD}")
     click.echo(f"  Demo readers (password {DEMO_READER_PASSWORD}): " + ", ".join(demo_trials))
+    click.echo(
+        f"  {soon.email}'s trial ends two minutes from now: then run `billing tick` to see it end"
+    )
     if newspaper is not None:
         known = newspaper.key_hash == _demo_newspaper_key_hash()
         key = DEMO_NEWSPAPER_KEY if known else "rotated since"
@@ -327,7 +331,7 @@ def _one_by_one(
 def tick(now_text: str | None) -> None:
     """Start subscriptions scheduled at a trial's end, send due trial reminders and endings, each
     exactly once; safe to run every minute."""
-    from billing.services import payments
+    from billing.services import notices, payments
 
     now = _parse_now(now_text).now()
     session = db.session()
@@ -343,7 +347,13 @@ def tick(now_text: str | None) -> None:
 
     started, start_failures = _one_by_one("starts", due_starts, start, on_failure=record)
     rate_changes = _tick_vat_rates(session, gateway, now)
-    subscribed = payments.trials_awaiting_start(session)
+    paying = payments.trials_of_subscribers(session, now=now)
+    subscribed = payments.trials_awaiting_start(session) | paying
+    _one_by_one(
+        "conversions",
+        [t for t in trials.due_endings(session, now=now) if t in paying],
+        lambda own, t: trials.mark_converted(own, t, now=now),
+    )
     lead = timedelta(days=current_app.config["TRIAL_REMINDER_DAYS"])
     due = [t for t in trials.due_reminders(session, now=now, lead=lead) if t not in subscribed]
     remind = _trial_mailer("trial_reminder")
@@ -368,6 +378,11 @@ def tick(now_text: str | None) -> None:
         groups.groups_reclaiming(session),
         lambda own, g: groups.reclaim_idle_automatically(own, g, rules=group_rules, now=now) > 0,
     )
+    renewals, _ = _one_by_one(
+        "renewal notices",
+        notices.due_renewal_notices(session, now=now),
+        lambda own, s: notices.send_renewal_notice(own, s),
+    )
     pruned = decision_cache.prune(session, before=now - timedelta(days=1))
     session.commit()
     if pruned:
@@ -379,7 +394,8 @@ def tick(now_text: str | None) -> None:
     failures = f" ({start_failures} failed, retried next tick)" if start_failures else ""
     click.echo(
         f"Tick at {now.isoformat()}: {reminders} reminder(s) sent, {endings} trial(s) ended, "
-        f"{started} scheduled subscription(s) started{failures}."
+        f"{started} scheduled subscription(s) started{failures}, "
+        f"{renewals} renewal notice(s) sent."
     )
     click.echo(
         f"  {rate_changes} subscription(s) moved to a new VAT rate (from their next invoice)."

@@ -198,7 +198,42 @@ SETTINGS: tuple[Setting, ...] = (
         "VIES REST base (`https://ec.europa.eu/taxation_customs/vies/rest-api`) to confirm organisations' VAT ids; empty: format and check digits only",
     ),
     Setting("VIES_TIMEOUT", "5", "seconds a VIES check may take before it counts as unanswered"),
+    Setting(
+        "PUBLICATION_NAME",
+        "Tollgate",
+        "the publication's name, shown on every page and in every mail (`make run`: the demo newspaper)",
+    ),
+    Setting(
+        "PUBLICATION_URL",
+        "",
+        "the publication's home page; the header's name and logo link to it",
+    ),
+    Setting(
+        "PUBLICATION_LOGO",
+        "",
+        "the logo: an `https://` URL, or the path of an SVG, PNG or JPEG file served at `/brand/logo`",
+    ),
+    Setting(
+        "PUBLICATION_ACCENT",
+        "#0b5fff",
+        "accent colour of links and buttons, `#rgb` or `#rrggbb`",
+    ),
+    Setting("SUPPORT_EMAIL", "", "where readers write for help (page footer and every mail)"),
+    Setting("TERMS_URL", "", "the terms of subscription (footer, sign-up form, mails)"),
+    Setting("PRIVACY_URL", "", "the privacy policy (footer, sign-up form, mails)"),
+    Setting("IMPRINT_URL", "", "the imprint / legal notice (footer, mails)"),
 )
+BRAND_SETTINGS = (
+    "PUBLICATION_NAME",
+    "PUBLICATION_URL",
+    "PUBLICATION_LOGO",
+    "PUBLICATION_ACCENT",
+    "SUPPORT_EMAIL",
+    "TERMS_URL",
+    "PRIVACY_URL",
+    "IMPRINT_URL",
+)
+"""The publication's brand and legal links (checked by :func:`billing.branding.brand_from`)."""
 _DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
 
@@ -272,6 +307,7 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "VAT_OUTSIDE_EU_RATE": get("VAT_OUTSIDE_EU_RATE").strip(),
         "VIES_URL": get("VIES_URL").strip().rstrip("/"),
         "VIES_TIMEOUT": number("VIES_TIMEOUT", float),
+        **{name: get(name).strip() for name in BRAND_SETTINGS},
         "SESSION_COOKIE_SECURE": production,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from billing import devstripe_billing
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8420
 
@@ -166,6 +168,7 @@ def main(
     resources.Store.dump_to_disk = lambda self: None
     loaded = load(resources.store, path) if load_existing else 0
     resources.Store.dump_to_disk = lambda self: dump(self, path)
+    devstripe_billing.install(resources, server)
 
     access_log = logging.getLogger("aiohttp.access")
     access_log.setLevel(logging.DEBUG)

@@ -187,6 +187,8 @@ class StripeCustomerData:
     created: datetime | None
     deleted: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
+    balance: int = 0
+    """Stripe's ``balance``, in minor units: negative is a credit the next invoices use first."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,6 +314,20 @@ class StripeTaxRateData:
     active: bool
     country: str | None
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriceChangePreviewData:
+    """What a change would invoice at once (Stripe's invoice preview, ``create_preview``).
+
+    ``total`` is the invoice's lines with tax, before the customer's credit (negative when the
+    unused time of the old price is worth more than the new one); ``amount_due`` is what would be
+    charged now, after that credit.
+    """
+
+    currency: str
+    total: int
+    amount_due: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -533,6 +549,10 @@ class _Dialect(ABC):
         """The total tax of a raw invoice, in minor units."""
 
     @abstractmethod
+    def invoice_total_before_credit(self, raw: _Raw) -> int:
+        """A raw invoice's lines with tax, before the customer's credit is applied."""
+
+    @abstractmethod
     def invoice_payment_intent_id(self, client: stripe.StripeClient, raw: _Raw) -> str | None:
         """The PaymentIntent paying a raw invoice (the paid one if any, else the latest)."""
 
@@ -679,6 +699,10 @@ class _StripeDialect(_Dialect):
     def invoice_tax(self, raw: _Raw) -> int:
         """The sum of ``total_taxes``."""
         return sum(_int(_get(tax, "amount")) for tax in raw.get("total_taxes") or [])
+
+    def invoice_total_before_credit(self, raw: _Raw) -> int:
+        """Stripe's ``total`` (the customer balance is applied after it, into ``amount_due``)."""
+        return _int(raw.get("total"))
 
     def invoice_payment_intent_id(self, client: stripe.StripeClient, raw: _Raw) -> str | None:
         """Through the invoice's InvoicePayments (invoices lost ``payment_intent`` in 2025)."""
@@ -878,6 +902,10 @@ class _LocalstripeDialect(_Dialect):
     def invoice_tax(self, raw: _Raw) -> int:
         """The invoice's ``tax``."""
         return _int(raw.get("tax"))
+
+    def invoice_total_before_credit(self, raw: _Raw) -> int:
+        """``subtotal`` plus ``tax``: localstripe's ``total`` already has the credit taken off."""
+        return _int(raw.get("subtotal")) + _int(raw.get("tax"))
 
     def invoice_payment_intent_id(self, client: stripe.StripeClient, raw: _Raw) -> str | None:
         """The invoice's own ``payment_intent``."""
@@ -1246,6 +1274,28 @@ class StripeGateway:
         )
 
     @_translating
+    def preview_price_change(self, subscription_id: str, price_id: str) -> PriceChangePreviewData:
+        """What :meth:`change_price` to another interval would invoice now (Stripe's
+        ``POST /v1/invoices/create_preview`` with the subscription's item moved to ``price_id``);
+        nothing is changed."""
+        current = self.retrieve_subscription(subscription_id)
+        item = self._dialect.changed_item(current.item_id, price_id, current.quantity)
+        raw = self._client.v1.invoices.create_preview(
+            {
+                "customer": current.customer_id,
+                "subscription": subscription_id,
+                # The same change as change_price, with Stripe's default proration: a change of
+                # interval resets the billing cycle, so the preview is the invoice made at once.
+                "subscription_details": {"items": [item]},
+            }
+        ).to_dict()
+        return PriceChangePreviewData(
+            currency=_str(raw, "currency"),
+            total=self._dialect.invoice_total_before_credit(raw),
+            amount_due=_int(raw.get("amount_due")),
+        )
+
+    @_translating
     def change_quantity(self, subscription_id: str, quantity: int) -> StripeSubscriptionData:
         """Change the number of seats, on the same price."""
         current = self.retrieve_subscription(subscription_id)
@@ -1536,6 +1586,7 @@ class StripeGateway:
             created=_opt_time(raw.get("created")),
             deleted=bool(raw.get("deleted")),
             metadata=_metadata(raw.get("metadata")),
+            balance=_int(raw.get("balance")),
         )
 
     def _card(self, raw: _Raw) -> CardData:

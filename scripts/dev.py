@@ -358,8 +358,22 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+DEMO_BRAND = {
+    "PUBLICATION_NAME": "The Daily Meridian",
+    "PUBLICATION_URL": NEWSPAPER_URL,
+    "PUBLICATION_ACCENT": "#8a1c1c",
+    "SUPPORT_EMAIL": "help@meridian.example",
+    "TERMS_URL": f"{NEWSPAPER_URL}/about#terms",
+    "PRIVACY_URL": f"{NEWSPAPER_URL}/about#privacy",
+    "IMPRINT_URL": f"{NEWSPAPER_URL}/about#imprint",
+}
+"""The demo runs under the demo newspaper's brand (settings already in the environment win)."""
+
+
 def main() -> int:
     """Run the demo until Ctrl-C; the exit status (0 after Ctrl-C, 1 when something failed)."""
+    for name, value in DEMO_BRAND.items():
+        os.environ.setdefault(name, value)
     # Also SIGINT: a shell starting us in the background ignores it, and so would our children.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)

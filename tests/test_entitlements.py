@@ -164,7 +164,7 @@ TABLE = [
         Reason.SUBSCRIPTION_ENDED,
         None,
     ),
-    ("incomplete", subscription(S.INCOMPLETE), MID, False, Reason.NONE, None),
+    ("incomplete", subscription(S.INCOMPLETE), MID, False, Reason.PAYMENT_FAILED, None),
     (
         "incomplete_expired",
         subscription(S.INCOMPLETE_EXPIRED),

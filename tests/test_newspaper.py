@@ -274,11 +274,15 @@ def test_a_paywalled_article_without_a_token_shows_the_paywall_linking_to_tollga
         for href in re.findall(r'class="button[^"]*" href="([^"]+)"', page)
     ]
     assert len(links) == 4
+    offers = []
     for link in links:
         parts = urlsplit(link)
         assert (parts.scheme, parts.netloc, parts.path) == ("https", "tollgate.example", "/access")
         query = parse_qs(parts.query)
+        offers.append(query.pop("offer", None))
         assert query == {"client": [CLIENT_ID], "return_to": [f"http://localhost{PAID}"]}
+    # "Start your free trial" asks Tollgate to go straight to the trial; the others show offers.
+    assert offers == [None, ["trial"], None, None]
 
 
 # The token gate ---------------------------------------------------------------------------------

@@ -189,7 +189,30 @@ def test_seed_demo_creates_plans_staff_and_readers_in_every_trial_state_once(
     states = {t.reader.email: t.status for t in session.scalars(select(Trial)) if t.reader}
     assert states["trial.active@example.org"] == TrialStatus.ACTIVE
     assert states["trial.ending@example.org"] == TrialStatus.ACTIVE
-    assert len(states) == 3
+    assert states["trial.soon@example.org"] == TrialStatus.ACTIVE
+    assert len(states) == 4
+
+
+def test_the_demo_reader_whose_trial_ends_soon_ends_with_a_plain_tick_two_minutes_later(
+    runner: FlaskCliRunner, session: Session, clock: FixedClock, outbox: Outbox
+) -> None:
+    assert runner.invoke(args=["billing", "seed-demo"]).exit_code == 0
+    clock.advance(timedelta(minutes=10))
+    assert runner.invoke(args=["billing", "tick"]).exit_code == 0
+    session.expire_all()
+    [soon] = [t for t in session.scalars(select(Trial)) if t.reader and "soon" in t.reader.email]
+    assert soon.status == TrialStatus.EXPIRED
+    assert [m.subject for m in outbox.all("trial.soon@example.org")] == [
+        "Your free trial has ended"
+    ]
+    others = {t.reader.email: t.status for t in session.scalars(select(Trial)) if t.reader}
+    assert others["trial.active@example.org"] == TrialStatus.ACTIVE, "real trials untouched"
+
+    clock.advance(timedelta(minutes=1))
+    assert runner.invoke(args=["billing", "seed-demo"]).exit_code == 0
+    session.expire_all()
+    session.refresh(soon)
+    assert (soon.status, soon.ends_at) == (TrialStatus.ACTIVE, clock.now() + timedelta(minutes=2))
 
 
 def test_create_staff_gives_an_existing_reader_a_role(

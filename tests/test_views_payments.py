@@ -305,7 +305,7 @@ def test_after_a_declined_first_payment_the_subscribe_page_takes_another_card_an
     assert declined.status_code == 402
     html = declined.get_data(as_text=True)
     assert re.search(r'id="card-errors" data-field="payment_method"[^>]*>[^<]*declined', html)
-    assert "its first payment did not go through" in page_text(declined)
+    assert "is set up and waits for its first payment" in page_text(declined)
     assert client.get("/subscribe").status_code == 302
 
     token = csrf_token(client, "/account/card")

@@ -57,6 +57,14 @@ class Customer(Base):
     vies_valid: Mapped[bool | None] = mapped_column(Boolean)
     """What VIES said of ``vat_id`` (None: not asked, or no answer)."""
     vies_checked_at: Mapped[datetime | None]
+    balance: Mapped[int] = mapped_column(default=0, server_default="0")
+    """Stripe's customer balance in minor units (of the subscription's currency): negative is a
+    credit, which pays the next invoices first."""
+
+    @property
+    def credit(self) -> int:
+        """The credit the customer has on Stripe (0 when none), in minor units."""
+        return max(0, -self.balance)
 
     reader: Mapped[Reader | None] = relationship(back_populates="customer")
     subscriptions: Mapped[list[Subscription]] = relationship(back_populates="customer")
@@ -105,6 +113,8 @@ class Subscription(Base):
     updated_at: Mapped[datetime]
     tax_rate_id: Mapped[int | None] = mapped_column(ForeignKey("tax_rates.id"))
     """The Tax Rate set on Stripe as the subscription's ``default_tax_rates`` (next invoices)."""
+    renewal_notice_for: Mapped[datetime | None]
+    """The period end whose renewal notice was mailed (one notice per renewal)."""
 
     customer: Mapped[Customer] = relationship(back_populates="subscriptions")
     plan: Mapped[Plan] = relationship()

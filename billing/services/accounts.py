@@ -20,6 +20,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
+from zxcvbn import zxcvbn
 
 from billing.errors import Conflict, DomainError, ValidationFailed
 from billing.models import Reader
@@ -27,6 +28,10 @@ from billing.models.readers import new_session_token
 
 PASSWORD_MIN_LENGTH = 10
 PASSWORD_MAX_LENGTH = 256
+PASSWORD_MIN_STRENGTH = 3
+"""zxcvbn's score (0-4) a new password needs: 3 is "safely unguessable" for online attacks."""
+PASSWORD_STRENGTH_CHECKED = 100
+"""Only this many characters are given to zxcvbn (its time grows with the length)."""
 GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 # A hash of a random password, so unknown e-mails cost the same time as wrong passwords.
 _DUMMY_HASH = generate_password_hash("tollgate-timing-equaliser")
@@ -46,8 +51,21 @@ def normalise_email(raw: str, field: str = "email") -> str:
     try:
         checked = validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise ValidationFailed(f"This is not a valid e-mail address: {exc}", field=field) from exc
+        raise ValidationFailed(_email_problem(value), field=field) from exc
     return checked.normalized.lower()
+
+
+def _email_problem(value: str) -> str:
+    """What is wrong with an address the validator refused, in our words (not the library's)."""
+    example = "like name@example.org"
+    if "@" not in value:
+        return f"An e-mail address needs an @ sign, {example}."
+    local, _, domain = value.rpartition("@")
+    if not local:
+        return f"Put your name before the @ sign, {example}."
+    if "." not in domain:
+        return f"The part after the @ sign needs a domain such as example.org, {example}."
+    return f"This e-mail address cannot be right: check it for typos ({example})."
 
 
 def canonical_email(normalised: str) -> str:
@@ -61,7 +79,8 @@ def canonical_email(normalised: str) -> str:
 
 
 def check_password(password: str, *, email: str = "", field: str = "password") -> None:
-    """Refuse passwords that are too short, too long, or the e-mail address itself."""
+    """Refuse passwords that are too short, too long, the e-mail address itself, or easy to guess
+    (common passwords, keyboard walks, dates, the address: zxcvbn scores them below 3)."""
     if len(password) < PASSWORD_MIN_LENGTH:
         raise ValidationFailed(
             f"Use at least {PASSWORD_MIN_LENGTH} characters for your password.", field=field
@@ -72,6 +91,15 @@ def check_password(password: str, *, email: str = "", field: str = "password") -
         )
     if email and password.strip().lower() == email:
         raise ValidationFailed("Your password must not be your e-mail address.", field=field)
+    strength = zxcvbn(password[:PASSWORD_STRENGTH_CHECKED], user_inputs=[email, *email.split("@")])
+    if strength["score"] < PASSWORD_MIN_STRENGTH:
+        warning = str(strength["feedback"].get("warning") or "").strip()
+        why = f" ({warning[:1].lower()}{warning[1:].rstrip('.')})" if warning else ""
+        raise ValidationFailed(
+            f"This password is too easy to guess{why}. Use a longer one, for example a few "
+            "unrelated words.",
+            field=field,
+        )
 
 
 def hash_password(password: str) -> str:

@@ -101,7 +101,8 @@ def decide(
     5. A complimentary grant running at ``now``: ``complimentary``, until it expires.
     6. Our own card-less trial running at ``now``: ``trial``, until it ends.
     7. Otherwise refused, with the most telling reason: ``payment_failed`` (a subscription past due
-       beyond the grace, or unpaid), ``subscription_ended`` (a subscription that ended),
+       beyond the grace, unpaid, or ``incomplete``: its first payment was declined and waits for
+       another card), ``subscription_ended`` (a subscription that ended),
        ``seat_removed`` (a group seat was taken away), ``trial_expired`` (a trial that ran out),
        else ``none``.
 
@@ -185,7 +186,11 @@ def _longest(decisions: Iterable[Decision | None]) -> Decision | None:
 
 
 def _refusal_reason(reader: Reader, subscriptions: list[Subscription], now: datetime) -> Reason:
-    failing = {SubscriptionStatus.PAST_DUE, SubscriptionStatus.UNPAID}
+    failing = {
+        SubscriptionStatus.PAST_DUE,
+        SubscriptionStatus.UNPAID,
+        SubscriptionStatus.INCOMPLETE,
+    }
     if any(s.status in failing and not s.has_ended(now) for s in subscriptions):
         return Reason.PAYMENT_FAILED
     if any(s.has_ended(now) or s.cancel_at_period_end for s in subscriptions):

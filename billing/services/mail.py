@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from flask import Flask, current_app, render_template
+from jinja2 import TemplateNotFound
 from sqlalchemy.orm import Session
 
 from billing.clock import current_clock
@@ -23,11 +24,12 @@ from billing.models import OutboxMessage
 
 @dataclass(frozen=True)
 class Mail:
-    """A rendered plain-text mail."""
+    """A rendered mail: plain text, and its HTML alternative when the template has one."""
 
     to: str
     subject: str
     body: str
+    html: str | None = None
 
 
 class MailBackend(Protocol):
@@ -76,6 +78,8 @@ class SMTPBackend:
         message["Subject"] = mail.subject
         message["Message-ID"] = make_msgid(domain="tollgate")
         message.set_content(mail.body)
+        if mail.html is not None:
+            message.add_alternative(mail.html, subtype="html")
         context = ssl.create_default_context()
         smtp_cls: Any = smtplib.SMTP_SSL if self.ssl else smtplib.SMTP
         kwargs: dict[str, Any] = {"context": context} if self.ssl else {}
@@ -100,12 +104,23 @@ def init_app(app: Flask) -> None:
     app.extensions["mail_backend"] = backend
 
 
-def send(session: Session, to: str, template: str, **context: Any) -> Mail:
-    """Render ``mail/<template>.txt`` (first line ``Subject: ...``) and deliver it to ``to``."""
+def send(
+    session: Session, to: str, template: str, *, key: str | None = None, **context: Any
+) -> Mail:
+    """Render ``mail/<template>.txt`` (first line ``Subject: ...``) and, when it exists,
+    ``mail/<template>.html`` with the same context, and deliver them to ``to``.
+
+    ``key`` names the event the mail is about (the outbox sends one mail per key).
+    """
     text = render_template(f"mail/{template}.txt", **context)
     first, _, body = text.partition("\n")
     if not first.startswith("Subject: "):
         raise ValueError(f"mail/{template}.txt must start with a 'Subject: ' line")
-    mail = Mail(to=to, subject=first.removeprefix("Subject: ").strip(), body=body.lstrip("\n"))
+    subject = first.removeprefix("Subject: ").strip()
+    try:
+        html: str | None = render_template(f"mail/{template}.html", subject=subject, **context)
+    except TemplateNotFound:
+        html = None
+    mail = Mail(to=to, subject=subject, body=body.lstrip("\n"), html=html)
     current_app.extensions["mail_backend"].deliver(mail, session)
     return mail

@@ -24,6 +24,7 @@ action locks the reader first, then mirrors what it changed on Stripe through th
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from billing.models import (
     TrialStatus,
 )
 from billing.models.enums import BillingInterval
-from billing.services import audit, taxes
+from billing.services import audit, notices, taxes
 from billing.services.stripe_mirror import (
     PROBLEM_STATUSES,
     Change,
@@ -69,6 +70,7 @@ from billing.services.stripe_mirror import (
     card_label,
     customer_of,
     mail_payment_problem,
+    sync_customer,
     sync_invoice,
     sync_subscription,
 )
@@ -145,6 +147,9 @@ class BillingOverview:
     cancel_at_period_end: bool
     access_until: datetime | None
     payment_problem: bool
+    credit: int = 0
+    """The reader's credit on Stripe (minor units), which pays the next charges first;
+    ``next_amount`` is what is left to charge after it."""
 
 
 # --- plans --------------------------------------------------------------------------------------
@@ -160,6 +165,18 @@ def reader_plans(session: Session) -> list[Plan]:
         )
     ).all()
     return sorted(plans, key=lambda p: (p.interval != BillingInterval.MONTH, p.amount, p.code))
+
+
+def group_plans(session: Session) -> list[Plan]:
+    """The per-seat plans organisations can buy (active, on sale in Stripe), cheapest first."""
+    plans = session.scalars(
+        select(Plan).where(
+            Plan.kind == PlanKind.GROUP,
+            Plan.active.is_(True),
+            Plan.stripe_price_id.is_not(None),
+        )
+    ).all()
+    return sorted(plans, key=lambda p: (p.amount, p.code))
 
 
 def sync_plans(session: Session, gateway: StripeGateway) -> list[tuple[Plan, Change]]:
@@ -290,6 +307,7 @@ def save_card(
     if not payment_method_id:
         raise ValidationFailed("Enter your card details.", field="card")
     customer = _ensure_customer(session, gateway, reader, now=now)
+    replacing = customer.default_payment_method_id
     try:
         with _talking_to_stripe():
             card = gateway.attach_default_payment_method(customer.stripe_id, payment_method_id)
@@ -304,6 +322,10 @@ def save_card(
         target=_running_subscription(session, reader, now) or customer,
         details={"type": card.type, "brand": card.brand, "last4": card.last4},
     )
+    if replacing and replacing != card.payment_method_id:
+        notices.card_updated(
+            session, reader, brand=customer.card_brand, last4=card.last4, key=card.payment_method_id
+        )
     return card
 
 
@@ -351,6 +373,14 @@ def subscribe(
             target=reader,
             details={"plan": plan.code, "starts_at": trial.ends_at.isoformat()},
         )
+        notices.welcome(
+            session,
+            reader,
+            plan,
+            first_charge_at=trial.ends_at,
+            charged_now=False,
+            key=f"scheduled-{scheduled.id}",
+        )
         return SubscribeOutcome(None, scheduled, trial.ends_at, plan.amount, plan.currency, None)
 
     attempt = session.scalar(
@@ -377,6 +407,10 @@ def subscribe(
         details={"plan": plan.code, "status": str(subscription.status)},
     )
     secret = _payment_outcome(gateway, created.latest_invoice_id, subscription)
+    if secret is None:
+        notices.welcome(
+            session, reader, plan, first_charge_at=now, charged_now=True, key=subscription.stripe_id
+        )
     return SubscribeOutcome(subscription, None, now, plan.amount, plan.currency, secret)
 
 
@@ -399,19 +433,22 @@ def overview(session: Session, reader: Reader, *, now: datetime) -> BillingOverv
         if running.is_active(now) or running.is_on_grace_period(now):
             access_until = running.current_period_end
     quantity = running.quantity if running is not None else 1
+    credit = customer.credit if customer is not None and customer.deleted_at is None else 0
+    full_amount = plan.amount * quantity if plan is not None and next_charge_at else None
     return BillingOverview(
         subscription=subscription,
         scheduled=scheduled,
         plan=plan,
         status=status,
         next_charge_at=next_charge_at,
-        next_amount=plan.amount * quantity if plan is not None and next_charge_at else None,
+        next_amount=max(0, full_amount - credit) if full_amount is not None else None,
         currency=plan.currency if plan is not None else None,
         card_brand=customer.card_brand if customer is not None else None,
         card_last4=customer.card_last4 if customer is not None else None,
         cancel_at_period_end=bool(running is not None and running.cancel_at_period_end),
         access_until=access_until,
         payment_problem=running is not None and running.status in PROBLEM_STATUSES,
+        credit=credit,
     )
 
 
@@ -433,6 +470,7 @@ def cancel_at_period_end(
         gateway.cancel_at_period_end(subscription.stripe_id)
         subscription = _resync(session, gateway, subscription.stripe_id, now=now)
     _audit(session, reader, "cancelled", subscription, now)
+    notices.cancelled(session, reader, subscription)
     return subscription
 
 
@@ -448,7 +486,65 @@ def resume(
         gateway.resume(subscription.stripe_id)
         subscription = _resync(session, gateway, subscription.stripe_id, now=now)
     _audit(session, reader, "resumed", subscription, now)
+    notices.resumed(session, reader, subscription)
     return subscription
+
+
+@dataclass(frozen=True)
+class SwitchPreview:
+    """What switching to ``plan`` charges: ``charged_now`` at once (after the credit), then
+    ``next_amount`` on ``next_charge_at``; ``credit_after`` is the credit left over."""
+
+    plan: Plan
+    charged_now: int
+    credit_after: int
+    next_charge_at: datetime
+    next_amount: int
+    currency: str
+
+
+def add_interval(moment: datetime, interval: BillingInterval) -> datetime:
+    """``moment`` one billing interval later (the same day next month or year, clamped)."""
+    months = 12 if interval == BillingInterval.YEAR else 1
+    month_index = moment.month - 1 + months
+    year, month = moment.year + month_index // 12, month_index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def preview_switch(
+    session: Session, gateway: StripeGateway, reader: Reader, plan_code: str, *, now: datetime
+) -> SwitchPreview:
+    """What :func:`switch_plan` to ``plan_code`` would charge now and later, asked of Stripe's
+    invoice preview (nothing changes). A scheduled start charges nothing before it starts."""
+    plan = _sellable_plan(session, plan_code)
+    assert plan.stripe_price_id is not None
+    scheduled = _pending_schedule(session, reader)
+    subscription = _running_subscription(session, reader, now)
+    customer = customer_of(session, reader)
+    credit = customer.credit if customer is not None else 0
+    if subscription is None:
+        if scheduled is None:
+            raise NothingToManage("You have no subscription to switch.")
+        return SwitchPreview(
+            plan, 0, credit, scheduled.starts_at, max(0, plan.amount - credit), plan.currency
+        )
+    with _talking_to_stripe():
+        preview = gateway.preview_price_change(subscription.stripe_id, plan.stripe_price_id)
+    credit_after = max(0, credit - preview.total)
+    amount = plan.amount * subscription.quantity
+    if plan.interval != subscription.plan.interval:
+        next_at = add_interval(now, plan.interval)
+    else:
+        next_at = subscription.current_period_end
+    return SwitchPreview(
+        plan,
+        preview.amount_due,
+        credit_after,
+        next_at,
+        max(0, amount - credit_after),
+        preview.currency or plan.currency,
+    )
 
 
 def switch_plan(
@@ -466,7 +562,7 @@ def switch_plan(
     scheduled = _pending_schedule(session, reader)
     if scheduled is not None and _running_subscription(session, reader, now) is None:
         if scheduled.plan_id != plan.id:
-            before = scheduled.plan.code
+            before_plan = scheduled.plan
             scheduled.plan = plan
             audit.record(
                 session,
@@ -474,7 +570,18 @@ def switch_plan(
                 actor=reader,
                 action="subscription.switched",
                 target=reader,
-                details={"scheduled": scheduled.id, "from": before, "to": plan.code},
+                details={"scheduled": scheduled.id, "from": before_plan.code, "to": plan.code},
+            )
+            notices.plan_switched(
+                session,
+                reader,
+                before=before_plan,
+                after=plan,
+                charged_now=None,
+                next_charge_at=scheduled.starts_at,
+                next_amount=plan.amount,
+                credit=0,
+                key=f"scheduled-{scheduled.id}:{plan.code}:{now.isoformat()}",
             )
         return scheduled
     subscription = _manageable(session, reader, now)
@@ -485,10 +592,14 @@ def switch_plan(
             "Your first payment has not gone through yet: update your card first.",
             field="card",
         )
-    before = subscription.plan.code
+    before_plan = subscription.plan
+    before = before_plan.code
+    changed_invoice: Invoice | None = None
     with _talking_to_stripe():
+        previous_invoice = gateway.retrieve_subscription(subscription.stripe_id).latest_invoice_id
         changed = gateway.change_price(subscription.stripe_id, plan.stripe_price_id)
         subscription = _sync_after_change(session, gateway, changed, now=now)
+        sync_customer(session, gateway, subscription.customer.stripe_id, now=now)
     audit.record(
         session,
         now=now,
@@ -503,6 +614,20 @@ def switch_plan(
             "Your bank asks you to confirm this payment: update your card to confirm it.",
             field="card",
         )
+    if changed.latest_invoice_id and changed.latest_invoice_id != previous_invoice:
+        changed_invoice = by_stripe_id(session, Invoice, changed.latest_invoice_id)
+    credit = subscription.customer.credit
+    notices.plan_switched(
+        session,
+        reader,
+        before=before_plan,
+        after=plan,
+        charged_now=changed_invoice.amount_paid if changed_invoice is not None else None,
+        next_charge_at=subscription.current_period_end,
+        next_amount=max(0, plan.amount * subscription.quantity - credit),
+        credit=credit,
+        key=f"{subscription.stripe_id}:{changed.latest_invoice_id}:{plan.code}",
+    )
     return subscription
 
 
@@ -516,6 +641,7 @@ def cancel_now(
         gateway.cancel_now(subscription.stripe_id)
         subscription = _resync(session, gateway, subscription.stripe_id, now=now)
     _audit(session, reader, "ended", subscription, now)
+    notices.cancelled(session, reader, subscription)
     return subscription
 
 
@@ -637,6 +763,19 @@ def trials_awaiting_start(session: Session) -> set[int]:
             )
         )
     )
+
+
+def trials_of_subscribers(session: Session, *, now: datetime) -> set[int]:
+    """Ids of trials whose reader already has a running subscription (paid or being paid): they
+    get no "subscribe now" reminder or "trial ended" mail; their trial became the subscription."""
+    running = [
+        s.reader_id
+        for s in session.scalars(select(Subscription).where(Subscription.reader_id.is_not(None)))
+        if not s.has_ended(now)
+    ]
+    if not running:
+        return set()
+    return set(session.scalars(select(Trial.id).where(Trial.reader_id.in_(running))))
 
 
 def start_scheduled(

@@ -64,7 +64,7 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.models.payments import ENDED_STATUSES
-from billing.services import mail, taxes
+from billing.services import mail, notices, taxes
 from billing.services.accounts import by_public_id, canonical_email
 
 log = logging.getLogger(__name__)
@@ -349,7 +349,10 @@ def _sync_customer(
         return _Synced(row, Change.UPDATED)
     if not is_ours(data):
         return _Synced(None, Change.UNCHANGED)
-    values: dict[str, Any] = {"default_payment_method_id": data.default_payment_method_id}
+    values: dict[str, Any] = {
+        "default_payment_method_id": data.default_payment_method_id,
+        "balance": data.balance,
+    }
     if row is None:
         values.update(_new_customer_values(session, data, {**(hints or {}), **data.metadata}))
         values["created_at"] = data.created or now
@@ -760,7 +763,11 @@ def _sync_invoice(
             publisher_country=taxes.current_settings().publisher_country,
         )
     )
-    return _upsert(session, Invoice, data.id, values, row)
+    status_before = row.status if row is not None else None
+    synced = _upsert(session, Invoice, data.id, values, row)
+    if synced.row is not None:
+        notices.after_invoice_sync(session, synced.row, status_before, now=now)
+    return synced
 
 
 def _invoice_values(

@@ -120,6 +120,13 @@ def end_trial(
     return _claim_and_notify(session, trial_id, values, notify)
 
 
+def mark_converted(session: Session, trial_id: int, *, now: datetime) -> bool:
+    """Mark a trial whose reader subscribed as converted, without a mail; ``False`` if done."""
+    claim = update(Trial).where(Trial.id == trial_id, Trial.status == TrialStatus.ACTIVE)
+    done = session.execute(claim.values(status=TrialStatus.CONVERTED, converted_at=now))
+    return bool(done.rowcount == 1)  # type: ignore[attr-defined]
+
+
 def _claim_and_notify(
     session: Session, trial_id: int, claim: Update, notify: Callable[[Trial], None]
 ) -> bool:

@@ -50,7 +50,7 @@ from billing.clock import current_clock
 from billing.errors import DomainError, NotFound, ValidationFailed
 from billing.inputs import InvalidText
 from billing.models import ApiClient, Reader
-from billing.services import api_clients, entitlements, groups, token_keys, trials
+from billing.services import api_clients, entitlements, groups, payments, token_keys, trials
 from billing.services.entitlements import Decision, Reason
 from billing.services.tokens import TokenSigner
 from billing.views import guards
@@ -233,6 +233,13 @@ def access() -> ResponseReturnValue:
         return _send_back(back)
     days = int(current_app.config["TRIAL_DAYS"])
     subscribe_url = url_for("payments.subscribe", next=here)
+    trial_url = url_for("account.trial", next=here)
+    if request.args.get("offer") == "trial":
+        # The paywall's "Start your free trial" goes straight to where the trial starts.
+        if reader is None:
+            return redirect(url_for("auth.signup", next=trial_url))
+        if trials.refusal_reason(db.session(), reader) is None:
+            return redirect(trial_url)
     if reader is None:
         return render_template(
             "access/offers.html",
@@ -240,6 +247,10 @@ def access() -> ResponseReturnValue:
             return_to=return_to,
             days=days,
             subscribe_url=subscribe_url,
+            trial_url=trial_url,
+            plans=payments.reader_plans(db.session()),
+            seat_plans=payments.group_plans(db.session()),
+            trial_ends=now + timedelta(days=days),
         )
     return render_template(
         "access/refused.html",

@@ -14,7 +14,7 @@ from billing.clock import current_clock
 from billing.errors import DomainError
 from billing.extensions import limiter
 from billing.models import TrialStatus
-from billing.services import accounts, audit, mail, trials
+from billing.services import accounts, audit, mail, notices, trials
 from billing.services.entitlements import Reason
 from billing.views import guards
 from billing.views.auth import absolute_url, duration
@@ -33,7 +33,7 @@ bp = Blueprint("account", __name__)
 REASON_WORDS: dict[Reason, str] = {
     Reason.SUBSCRIPTION: "subscription",
     Reason.TRIAL: "trial",
-    Reason.GRACE_PERIOD: "cancelled subscription, paid until the end of the period",
+    Reason.GRACE_PERIOD: "cancelled subscription, paid to the end of the period",
     Reason.PAST_DUE_GRACE: "subscription with a failed payment, in its grace period",
     Reason.GROUP_SEAT: "group subscription",
     Reason.GROUP_IP: "your organisation's network",
@@ -87,6 +87,8 @@ def overview() -> ResponseReturnValue:
         until=long_date(decision.until) if decision.until else None,
         long_date=long_date,
         form=ButtonForm(),
+        trial_available=trial_state == "none"
+        and trials.refusal_reason(db.session(), reader) is None,
         **subscription_context(reader, now),
     )
 
@@ -149,6 +151,7 @@ def password() -> ResponseReturnValue:
         target=reader,
         ip=request.remote_addr,
     )
+    notices.password_changed(session, reader, now=current_clock().now())
     session.commit()
     login_user(reader)
     flash(
@@ -219,6 +222,8 @@ def confirm_email() -> ResponseReturnValue:
         details={"old": old[0] if old else None, "new": reader.email},
         ip=request.remote_addr,
     )
+    if old and old[0] != reader.email:
+        notices.email_changed(session, reader, old_email=old[0], now=now)
     session.commit()
     flash(f"Your e-mail address is now {reader.email}.", "success")
     return redirect(url_for("account.overview"))

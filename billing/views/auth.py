@@ -18,6 +18,7 @@ from flask import (
     request,
     url_for,
 )
+from flask import session as flask_session
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_user, logout_user
 from sqlalchemy.exc import IntegrityError
@@ -28,7 +29,7 @@ from billing.clock import current_clock
 from billing.errors import DomainError
 from billing.extensions import limiter
 from billing.models import Reader
-from billing.services import accounts, audit, mail
+from billing.services import accounts, audit, mail, notices
 from billing.views import guards
 from billing.views.forms import (
     ButtonForm,
@@ -43,6 +44,8 @@ from billing.views.forms import (
 bp = Blueprint("auth", __name__)
 
 LOGIN_FAILED = "E-mail or password is not correct."
+CHECK_INBOX_KEY = "check_inbox"
+"""The session key of the address a sign-up sent its mail to (shown on "Check your inbox")."""
 
 
 def absolute_url(endpoint: str, **values: Any) -> str:
@@ -101,6 +104,8 @@ def signup() -> ResponseReturnValue:
         # The same address signed up at the same moment: answer as for any taken address.
         session.rollback()
         return redirect(url_for("auth.verify_email", next=next_path))
+    # Both answers (new account, address taken) say where the mail went, in the same words.
+    flask_session[CHECK_INBOX_KEY] = accounts.normalise_email(form.email.data)
     if result.reader is not None:
         send_verification(session, result.reader, next_path)
         session.commit()
@@ -126,7 +131,7 @@ def verify_email() -> ResponseReturnValue:
     if not token:
         if current_user.is_authenticated and guards.reader().is_verified:
             return redirect(after)
-        return render_template("auth/check_inbox.html", form=ButtonForm())
+        return render_template("auth/check_inbox.html", form=ButtonForm(), sent_to=_sent_to())
     config = current_app.config
     session = db.session()
     try:
@@ -150,6 +155,14 @@ def verify_email() -> ResponseReturnValue:
     return redirect(after)
 
 
+def _sent_to() -> str | None:
+    """The address the verification link went to: the reader's, or the one just signed up with."""
+    if current_user.is_authenticated:
+        return guards.reader().email
+    value = flask_session.get(CHECK_INBOX_KEY)
+    return value if isinstance(value, str) else None
+
+
 @bp.post("/verify-email/resend")
 @limiter.limit(lambda: current_app.config["RATELIMIT_SIGNUP"], methods=["POST"])
 def resend_verification() -> ResponseReturnValue:
@@ -157,7 +170,7 @@ def resend_verification() -> ResponseReturnValue:
     next_path = guards.safe_next(request.args.get("next"), "") or None
     form = ButtonForm()
     if not form.validate_on_submit():
-        return render_template("auth/check_inbox.html", form=form), 400
+        return render_template("auth/check_inbox.html", form=form, sent_to=_sent_to()), 400
     if current_user.is_authenticated:
         reader = guards.reader()
         if reader.is_verified:
@@ -179,11 +192,16 @@ def login() -> ResponseReturnValue:
         return render_form("auth/login.html", form)
     reader = accounts.authenticate(db.session(), form.email.data, form.password.data)
     if reader is None:
-        # Echo nothing of the attempt, so both failures render byte for byte the same page.
-        form.email.data = ""
+        # Both failures render the same page: the address as typed, no password, one message.
         return render_form("auth/login.html", form, 400, form_error=LOGIN_FAILED)
     login_user(reader)
     return redirect(guards.safe_next(request.args.get("next"), url_for("account.overview")))
+
+
+@bp.get("/logout")
+def logout_page() -> ResponseReturnValue:
+    """Ask before logging out (a content site sends readers here after forgetting their token)."""
+    return render_template("auth/logout.html", form=ButtonForm())
 
 
 @bp.post("/logout")
@@ -250,6 +268,7 @@ def reset_password(token: str) -> ResponseReturnValue:
         target=reader,
         ip=request.remote_addr,
     )
+    notices.password_changed(session, reader, now=now)
     session.commit()
     login_user(reader)
     flash("Your new password is set.", "success")

@@ -703,7 +703,8 @@ def switch() -> ResponseReturnValue:
     form = SwitchForm()
     if not form.validate_on_submit():
         form.plan.data = target.code
-        return _action_page("payments/switch.html", form, overview, target=target)
+        preview = payments.preview_switch(session, _gateway(), reader, target.code, now=now)
+        return _action_page("payments/switch.html", form, overview, target=target, preview=preview)
     try:
         switched = payments.switch_plan(session, _gateway(), reader, form.plan.data or "", now=now)
     except payments.PaymentFailed as error:
@@ -715,5 +716,8 @@ def switch() -> ResponseReturnValue:
         return redirect(url_for("account.overview"))
     session.commit()
     plan = switched.plan
-    flash(f"Your plan is now {plan.name.lower()}: {price_text(plan)}.", "success")
+    flash(
+        f"Your plan is now {plan.name.lower()}: {price_text(plan)}. We mailed you the details.",
+        "success",
+    )
     return redirect(url_for("account.overview"))

@@ -349,13 +349,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.setdefault("CLOCK", SystemClock())
     app.extensions["paywall"] = Paywall(app.config)
     app.jinja_env.globals["long_date"] = lambda moment: f"{moment.day} {moment:%B %Y}"
+    app.jinja_env.globals["tollgate_url"] = app.extensions["paywall"].tollgate_url
+    app.jinja_env.globals["has_token"] = lambda: isinstance(session.get(TOKEN_SESSION_KEY), dict)
+
+    tollgate_origin = "/".join(app.extensions["paywall"].tollgate_url.split("/")[:3])
 
     @app.after_request
     def _headers(response: Response) -> Response:
         response.headers.setdefault(
             "Content-Security-Policy",
             "default-src 'self'; script-src 'self'; connect-src 'self'; style-src 'self'; "
-            "img-src 'self' data:; frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
+            "img-src 'self' data:; frame-ancestors 'none'; base-uri 'self'; "
+            # Logging out here goes on to Tollgate's log-out page (a redirect after a form).
+            f"form-action 'self' {tollgate_origin}",
         )
         response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -384,7 +390,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if access is not None:
             return render_template("article.html", article=story, access=access)
         return render_template(
-            "article.html", article=story, access=None, access_url=_paywall().access_url(here)
+            "article.html",
+            article=story,
+            access=None,
+            access_url=_paywall().access_url(here),
+            trial_url=_paywall().access_url(here, offer="trial"),
         )
 
     @app.get("/dev/visit-from")
@@ -401,6 +411,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             except ValueError:
                 return "Not an IP address.", 400
         return redirect(url_for("front"))
+
+    @app.get("/about")
+    def about() -> str:
+        """The demo's terms, privacy policy and imprint (Tollgate's footer links here)."""
+        return render_template("about.html")
+
+    @app.post("/logout")
+    def log_out() -> Any:
+        """Forget the reader's token here, then log them out of Tollgate too."""
+        session.pop(TOKEN_SESSION_KEY, None)
+        session.pop(RENEWING_SESSION_KEY, None)
+        return redirect(f"{_paywall().tollgate_url}/logout", code=303)
 
     @app.post("/session")
     def store_token() -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
 from billing.services import api_clients
+from tests import factories
 from tests.browser import LiveServer, serve
 from tests.factories import PASSWORD
 from tests.test_newspaper import load_newspaper
@@ -76,12 +78,8 @@ def test_a_visitor_starts_a_trial_from_the_paywall_reads_and_is_paywalled_when_i
     screenshot(page, "1-paywall")
 
     page.get_by_role("link", name="Start your free trial").click()
-    expect(page).to_have_url(re.compile(re.escape(live_server.at("/access?"))))
-    expect(page.get_by_role("heading", name="Access through my organisation")).to_be_visible()
-    screenshot(page, "2-offers")
-
-    page.locator('[data-offer="trial"]').click()
-    expect(page).to_have_url(re.compile(r"/signup\?next="))
+    expect(page).to_have_url(re.compile(re.escape(live_server.at("/signup?next="))))
+    screenshot(page, "2-signup")
     page.locator("[name=email]").fill("new.reader@example.org")
     page.locator("[name=password]").fill(PASSWORD)
     page.locator("[name=name]").fill("New Reader")
@@ -118,3 +116,46 @@ def test_a_visitor_starts_a_trial_from_the_paywall_reads_and_is_paywalled_when_i
     assert any("prompt=none" in url for url in visited), visited
     assert any(url.endswith("#tollgate_error=access_denied") for url in visited), visited
     screenshot(page, "5-paywalled-again")
+
+
+def test_logging_out_on_the_newspaper_forgets_its_token_and_logs_out_of_tollgate(
+    page: Page,
+    live_server: LiveServer,
+    newspaper: LiveServer,
+    session: Session,
+    clock: FixedClock,
+    screenshot: Screenshot,
+) -> None:
+    reader = factories.reader(email="subscriber@example.org")
+    factories.SubscriptionFactory(
+        customer=factories.CustomerFactory(reader=reader),
+        current_period_start=clock.now(),
+        current_period_end=clock.now() + timedelta(days=30),
+    )
+    session.commit()
+    body = page.locator("[data-article-body]")
+    page.goto(live_server.at("/login"))
+    page.locator("[name=email]").fill(reader.email)
+    page.locator("[name=password]").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.goto(newspaper.at(ARTICLE))
+    page.get_by_role("link", name="Log in").first.click()
+    expect(body).to_be_visible()
+    expect(page.locator("[data-access]")).to_contain_text("You are reading as a subscriber.")
+    expect(page.locator("[data-account-link]")).to_have_attribute(
+        "href", live_server.at("/account")
+    )
+    screenshot(page, "1-reading-with-links")
+
+    page.locator("[data-logout]").click()
+    expect(page).to_have_url(live_server.at("/logout"))
+    expect(page.get_by_role("heading", name=re.compile("Log out of your"))).to_be_visible()
+    screenshot(page, "2-log-out-of-tollgate")
+    page.locator("#main").get_by_role("button", name="Log out").click()
+    expect(page.get_by_text("You are logged out.")).to_be_visible()
+
+    page.goto(newspaper.at(ARTICLE))
+    expect(page.locator("[data-paywall]")).to_be_visible()
+    expect(body).to_have_count(0)
+    expect(page.locator("[data-logout]")).to_have_count(0)
+    screenshot(page, "3-paywalled-after-log-out")

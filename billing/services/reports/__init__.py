@@ -16,10 +16,13 @@ from sqlalchemy.orm import Session
 from billing.errors import NotFound
 from billing.models import Reader
 from billing.services import audit
-from billing.services.reports import invoices
+from billing.services.reports import churn, dunning, groups, invoices, mrr, trials, vat
 from billing.services.reports.base import Filters, Report
 
-REPORTS: dict[str, Report] = {module.REPORT.name: module.REPORT for module in (invoices,)}
+REPORTS: dict[str, Report] = {
+    module.REPORT.name: module.REPORT
+    for module in (invoices, vat, mrr, trials, churn, groups, dunning)
+}
 
 
 def get(name: str) -> Report:

@@ -66,6 +66,8 @@ class Column:
     key: str
     label: str
     kind: Kind = Kind.TEXT
+    currency: str | None = None
+    """For money always in one currency (the VAT return's euros); None: the row's currency."""
 
 
 @dataclass(frozen=True)

@@ -61,11 +61,11 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
             select(Invoice.subscription_id, func.sum(Invoice.total - Invoice.amount_paid))
             .where(Invoice.status == InvoiceStatus.OPEN, Invoice.subscription_id.is_not(None))
             .group_by(Invoice.subscription_id)
-        ).tuples()
+        ).all()
     )
     rows = []
     sums: dict[str, int] = {}
-    for sub, customer, plan, reader, group in session.execute(query).tuples():
+    for sub, customer, plan, reader, group in session.execute(query):
         email = reader.email if reader is not None else customer.email
         since = sub.past_due_since or sub.current_period_start
         at_risk = int(open_amounts.get(sub.id) or plan.monthly_amount(sub.quantity))

@@ -110,12 +110,14 @@ class _Subscription:
         return amount - int(share)
 
 
-def _entries(session: Session, filters: Filters) -> Iterator[tuple[SubscriptionEvent, int]]:
+def _entries(
+    session: Session, filters: Filters, before: datetime
+) -> Iterator[tuple[SubscriptionEvent, int]]:
     query = (
         select(SubscriptionEvent, Subscription.customer_id)
         .join(Subscription, SubscriptionEvent.subscription_id == Subscription.id)
         .join(Customer, Subscription.customer_id == Customer.id)
-        .where(SubscriptionEvent.occurred_at < filters.end_before)
+        .where(SubscriptionEvent.occurred_at < before)
         .order_by(SubscriptionEvent.occurred_at, SubscriptionEvent.id)
         .execution_options(yield_per=2000)
     )
@@ -127,7 +129,7 @@ def _entries(session: Session, filters: Filters) -> Iterator[tuple[SubscriptionE
         query = query.where(Subscription.group_id.is_not(None))
     elif filters.owner == Owner.INDIVIDUAL:
         query = query.where(Subscription.group_id.is_(None))
-    yield from session.execute(query).tuples()
+    yield from session.execute(query)
 
 
 def _vat_shares(session: Session, before: datetime) -> dict[int, list[tuple[datetime, int, int]]]:
@@ -148,7 +150,7 @@ def _vat_shares(session: Session, before: datetime) -> dict[int, list[tuple[date
 
 
 def monthly(session: Session, filters: Filters) -> list[Month]:
-    """The months of ``filters``' range, per currency, oldest first (currencies in order)."""
+    """Every month the range touches, whole, per currency, oldest first (currencies in order)."""
     wanted = months(filters.start, filters.end)
     bounds = [datetime.combine(m, time(), tzinfo=UTC) for m in [*wanted, next_month(wanted[-1])]]
     vat = _vat_shares(session, bounds[-1])
@@ -165,7 +167,7 @@ def monthly(session: Session, filters: Filters) -> list[Month]:
             state[currency] = (total + mrr, count + (mrr > 0))
         return state
 
-    for entry, customer_id in _entries(session, filters):
+    for entry, customer_id in _entries(session, filters, bounds[-1]):
         while len(snapshots) < len(bounds) and entry.occurred_at >= bounds[len(snapshots)]:
             snapshots.append(snapshot())
         sub = subscriptions.setdefault(

@@ -170,7 +170,7 @@ def _refunds(session: Session, filters: Filters) -> Iterable[tuple[Refund, Invoi
     )
     if filters.currency:
         query = query.where(Invoice.currency == filters.currency)
-    return session.execute(query).tuples()
+    return session.execute(query)
 
 
 def sums(session: Session, filters: Filters, home: str | None) -> _Sums:

@@ -223,8 +223,11 @@ def test_trial_cohorts_count_conversions_and_the_time_to_convert(session: Sessio
     assert october["conversion"] == Decimal("0.5")
     assert (october["mean_days"], october["median_days"]) == (Decimal("9.5"), Decimal("9.5"))
     assert (november["running"], november["conversion"]) == (1, Decimal(0))
-    weekly = build(session, "trials", Filters(start=filters.start, end=filters.end,
-                                              granularity=Granularity.WEEK))  # fmt: skip
+    weekly = build(
+        session,
+        "trials",
+        Filters(start=filters.start, end=filters.end, granularity=Granularity.WEEK),
+    )
     assert [r["cohort"] for r in rows(weekly)] == ["2026-W40", "2026-W41", "2026-W44", "2026-W47"]
 
 
@@ -237,9 +240,15 @@ def test_the_groups_report_shows_seats_bought_used_idle_and_renewal(session: Ses
     sub.current_period_end = at(9, 1, 2027)
     for n in range(4):
         member = history.customer(session, at(9, 1))
-        session.add(GroupMembership(group_id=company.group_id, reader_id=member.reader_id,
-                                    role=MembershipRole.MEMBER, joined_at=at(9, 2),
-                                    removed_at=at(10, 1) if n == 3 else None))  # fmt: skip
+        session.add(
+            GroupMembership(
+                group_id=company.group_id,
+                reader_id=member.reader_id,
+                role=MembershipRole.MEMBER,
+                joined_at=at(9, 2),
+                removed_at=at(10, 1) if n == 3 else None,
+            )
+        )
     session.add(GroupIPRange(group_id=company.group_id, cidr="192.0.2.0/24", created_at=at(9, 1)))
     session.flush()
 
@@ -261,8 +270,14 @@ def test_the_dunning_report_lists_past_due_subscriptions_with_the_amount_at_risk
     sub.status = SubscriptionStatus.PAST_DUE
     sub.past_due_since = CLOCK_NOW - timedelta(days=4)
     history.invoice(session, owner, at(11, 1), 1200, 208, sub=sub, status=InvoiceStatus.OPEN)
-    session.add(OutboxMessage(sent_at=CLOCK_NOW - timedelta(days=4), to=owner.email,
-                              subject="Your payment failed", body="..."))  # fmt: skip
+    session.add(
+        OutboxMessage(
+            sent_at=CLOCK_NOW - timedelta(days=4),
+            to=owner.email,
+            subject="Your payment failed",
+            body="...",
+        )
+    )
     healthy = history.subscription(session, history.customer(session, at(9, 1)), monthly, at(10, 1))
     assert healthy.status == SubscriptionStatus.ACTIVE
     session.flush()
@@ -321,8 +336,15 @@ def test_the_revenue_reports_net_plus_vat_equals_the_vat_reports_taxable_plus_va
         filters = Filters(start=span[0], end=span[1], granularity=Granularity.MONTH)
         for offset, country, currency, total, rate, status, refunds in invoices:
             tax = total - round(total * 100 / (100 + rate))
-            row = history.invoice(session, owners[country], START + timedelta(seconds=offset),
-                                  total, tax, currency=currency, status=status)  # fmt: skip
+            row = history.invoice(
+                session,
+                owners[country],
+                START + timedelta(seconds=offset),
+                total,
+                tax,
+                currency=currency,
+                status=status,
+            )
             left = row.amount_paid
             for when, percent in refunds:
                 amount = min(left, max(1, total * percent // 100))

@@ -96,21 +96,33 @@ def home() -> str:
     labels = numbers["labels"]
     charts = {
         "mrr": bar_chart(
-            "chart-mrr", "MRR at each month's end (EUR, without VAT)", labels,
-            [Series("MRR", numbers["mrr"])], unit="EUR",
+            "chart-mrr",
+            "MRR at each month's end (EUR, without VAT)",
+            labels,
+            [Series("MRR", numbers["mrr"])],
+            unit="EUR",
         ),
         "revenue": bar_chart(
-            "chart-revenue", "Revenue per month (paid invoices, EUR, without VAT)", labels,
-            [Series("Revenue", numbers["revenue"])], unit="EUR",
+            "chart-revenue",
+            "Revenue per month (paid invoices, EUR, without VAT)",
+            labels,
+            [Series("Revenue", numbers["revenue"])],
+            unit="EUR",
         ),
         "customers": bar_chart(
-            "chart-customers", "Paying customers at each month's end", labels,
+            "chart-customers",
+            "Paying customers at each month's end",
+            labels,
             [Series("Paying customers", numbers["customers"])],
         ),
         "trials": bar_chart(
-            "chart-trials", "Trials started and converted per month", labels,
-            [Series("Started", numbers["trials_started"]),
-             Series("Converted", numbers["trials_converted"])],
+            "chart-trials",
+            "Trials started and converted per month",
+            labels,
+            [
+                Series("Started", numbers["trials_started"]),
+                Series("Converted", numbers["trials_converted"]),
+            ],
         ),
-    }  # fmt: skip
+    }
     return render_template("staff/home.html", numbers=numbers, charts=charts)

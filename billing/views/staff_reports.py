@@ -75,7 +75,12 @@ def report_page(name: str) -> str:
 @guards.staff_required(StaffRole.FINANCE)
 def report_export(name: str) -> ResponseReturnValue:
     """The report as a CSV (streamed) or XLSX file, with the same rows and totals as the page."""
-    report = reports.get(name)
+    return send_export(reports.get(name))
+
+
+def send_export(report: Report) -> ResponseReturnValue:
+    """Answer with ``report`` for the request's filters as a file (``format`` csv or xlsx), and
+    write the export to the audit log once it is complete (or cut short)."""
     filters = _filters(report)
     try:
         fmt = exporting.Format(request.args.get("format", "csv"))

@@ -28,6 +28,8 @@ DEMO_PLANS = (
 DEMO_STAFF_EMAIL = "staff@example.org"
 DEMO_STAFF_PASSWORD = "tollgate-demo-staff"  # noqa: S105 - printed for the local demo only
 DEMO_READER_PASSWORD = "tollgate-demo"  # noqa: S105
+DEMO_FINANCE_EMAIL = "finance@example.org"
+DEMO_SUPPORT_EMAIL = "support@example.org"
 DEMO_NEWSPAPER_CLIENT_ID = "cli_demo-newspaper"
 DEMO_NEWSPAPER_KEY = "tg_newsdemo.demo-newspaper-key-for-local-use-only-00000"
 DEMO_NEWSPAPER_ORIGIN = "http://127.0.0.1:5001"
@@ -193,10 +195,17 @@ def seed_demo() -> None:
             session.flush()
             trials.start_trial(session, reader, now=started, days=days)
     newspaper = _ensure_demo_newspaper(now) if current_app.config["DEV_MODE"] else None
+    history = _seed_finance_demo(now)
     session.commit()
     click.echo("Demo data ready.")
     click.echo(f"  Staff login: {DEMO_STAFF_EMAIL} / {DEMO_STAFF_PASSWORD}")
     click.echo(f"  Demo readers (password {DEMO_READER_PASSWORD}): " + ", ".join(demo_trials))
+    click.echo(
+        f"  Finance login: {DEMO_FINANCE_EMAIL} / {DEMO_STAFF_PASSWORD}; support login: "
+        f"{DEMO_SUPPORT_EMAIL} / {DEMO_STAFF_PASSWORD}"
+    )
+    if history:
+        click.echo(f"  A year of demo history (mirror only, ids demo_*): {history} readers.")
     if newspaper is not None:
         known = newspaper.key_hash == _demo_newspaper_key_hash()
         key = DEMO_NEWSPAPER_KEY if known else "rotated since"
@@ -205,6 +214,20 @@ def seed_demo() -> None:
             f"  Demo newspaper API client: {newspaper.public_id}, key {key}, "
             f"origins {', '.join(newspaper.allowed_origins)} ({state})"
         )
+
+
+def _seed_finance_demo(now: datetime) -> int:
+    """The demo finance and support staff, and a year of history (once); readers made."""
+    from billing.services import demo_history
+
+    for email, name, role in (
+        (DEMO_FINANCE_EMAIL, "Demo Finance", StaffRole.FINANCE),
+        (DEMO_SUPPORT_EMAIL, "Demo Support", StaffRole.SUPPORT),
+    ):
+        member, _ = _ensure_reader(email, name, now=now, password=DEMO_STAFF_PASSWORD)
+        member.staff_role = role
+    db.session().flush()
+    return demo_history.seed_history(db.session(), now=now, password=DEMO_READER_PASSWORD)
 
 
 def _trial_mailer(template: str) -> Callable[[Trial], None]:

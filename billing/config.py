@@ -139,6 +139,16 @@ SETTINGS: tuple[Setting, ...] = (
         "0",
         "number of trusted proxies in front of the app whose `X-Forwarded-*` headers are believed",
     ),
+    Setting(
+        "PUBLISHER_COUNTRY",
+        "",
+        "the publisher's own country (two letters): the VAT report lists sales there apart, for the domestic return",
+    ),
+    Setting(
+        "ECB_RATES_FILE",
+        "",
+        "the ECB's `eurofxref-hist.csv` for the VAT report; empty: the reviewed copy in `billing/data/`",
+    ),
 )
 _DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
@@ -199,6 +209,8 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "DECISION_CACHE_MAX_AGE": number("DECISION_CACHE_MAX_AGE", float),
         "DECISION_CACHE_POLL_INTERVAL": number("DECISION_CACHE_POLL_INTERVAL", float),
         "PROXY_FIX_X_FOR": number("PROXY_FIX_X_FOR"),
+        "PUBLISHER_COUNTRY": get("PUBLISHER_COUNTRY").strip().upper(),
+        "ECB_RATES_FILE": get("ECB_RATES_FILE"),
         "SESSION_COOKIE_SECURE": production,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -41,20 +41,21 @@ SEARCH_MAX_LENGTH = 320
 MAILS_SHOWN = 20
 
 
-def _reason_field() -> TextAreaField:
+def _reason_field(field_id: str) -> TextAreaField:
     return TextAreaField(
         "Reason (for the audit log)",
         [
             DataRequired("Say why (it goes in the audit log)."),
             Length(max=support.REASON_MAX_LENGTH, message="Use at most 500 characters."),
         ],
+        id=field_id,
     )
 
 
 class ReasonForm(FlaskForm):
     """An action that needs only a reason."""
 
-    reason = _reason_field()
+    reason = _reason_field("action-reason")
 
 
 class ExtendTrialForm(FlaskForm):
@@ -68,14 +69,14 @@ class ExtendTrialForm(FlaskForm):
         ],
         default=7,
     )
-    reason = _reason_field()
+    reason = _reason_field("extend-reason")
 
 
 class GrantForm(FlaskForm):
     """Complimentary access until a day."""
 
     expires_on = DateField("Until (the day it ends)", [InputRequired("Until when?")])
-    reason = _reason_field()
+    reason = _reason_field("grant-reason")
 
 
 class CancelForm(FlaskForm):
@@ -90,14 +91,14 @@ class CancelForm(FlaskForm):
         default="period_end",
         validators=[InputRequired("Choose when.")],
     )
-    reason = _reason_field()
+    reason = _reason_field("cancel-reason")
 
 
 class RefundForm(FlaskForm):
     """Refund part or all of an invoice."""
 
     amount = StringField("Amount to refund", [DataRequired("How much?"), Length(max=20)])
-    reason = _reason_field()
+    reason = _reason_field("refund-reason")
 
 
 def _reader_or_404(public_id: str) -> Reader:

@@ -192,7 +192,7 @@ def test_support_sends_a_reset_link_and_never_sets_a_password(
     [mail] = outbox.all(on_trial.email)
     assert "/password/reset/" in mail.body
     assert _audit(session, "support.password_reset_sent").details["reason"] == "Locked out"
-    assert verified.status_code == 400, "the address is verified already"
+    assert verified.status_code == 409, "the address is verified already"
     session.expire_all()
     assert on_trial.password_hash == hash_before
     assert 'type="password"' not in client.get(page).get_data(as_text=True)

@@ -177,7 +177,7 @@ def _refused(reader: Reader, name: str, form: FlaskForm, error: DomainError) -> 
         field.errors = [*field.errors, error.message]
     else:
         form.form_errors.append(error.message)
-    return _page(reader, 400 if error.status < 500 else error.status, **{name: form})
+    return _page(reader, error.status, **{name: form})
 
 
 @bp.get("/support")

@@ -29,6 +29,8 @@ DEMO_PLANS = (
 DEMO_STAFF_EMAIL = "staff@example.org"
 DEMO_STAFF_PASSWORD = "tollgate-demo-staff"  # noqa: S105 - printed for the local demo only
 DEMO_READER_PASSWORD = "tollgate-demo"  # noqa: S105
+DEMO_FINANCE_EMAIL = "finance@example.org"
+DEMO_SUPPORT_EMAIL = "support@example.org"
 DEMO_NEWSPAPER_CLIENT_ID = "cli_demo-newspaper"
 DEMO_NEWSPAPER_KEY = "tg_newsdemo.demo-newspaper-key-for-local-use-only-00000"
 DEMO_NEWSPAPER_ORIGIN = "http://127.0.0.1:5001"
@@ -202,6 +204,7 @@ def seed_demo() -> None:
 
         session.flush()
         token_key = ensure_demo_token_key(newspaper, now)
+    history = _seed_finance_demo(now)
     session.commit()
     if current_app.config["DEV_MODE"]:
         _seed_demo_group(now)
@@ -211,6 +214,12 @@ def seed_demo() -> None:
     click.echo(
         f"  {soon.email}'s trial ends two minutes from now: then run `billing tick` to see it end"
     )
+    click.echo(
+        f"  Finance login: {DEMO_FINANCE_EMAIL} / {DEMO_STAFF_PASSWORD}; support login: "
+        f"{DEMO_SUPPORT_EMAIL} / {DEMO_STAFF_PASSWORD}"
+    )
+    if history:
+        click.echo(f"  A year of demo history (mirror only, ids demo_*): {history} readers.")
     if newspaper is not None:
         known = newspaper.key_hash == _demo_newspaper_key_hash()
         key = DEMO_NEWSPAPER_KEY if known else "rotated since"
@@ -272,6 +281,20 @@ def _seed_demo_group(now: datetime) -> None:
         f"  Demo group: Example Ministry, admin {DEMO_GROUP_ADMIN} (password "
         f"{DEMO_READER_PASSWORD}), domain ministry.example, network {DEMO_GROUP_NETWORK}"
     )
+
+
+def _seed_finance_demo(now: datetime) -> int:
+    """The demo finance and support staff, and a year of history (once); readers made."""
+    from billing.services import demo_history
+
+    for email, name, role in (
+        (DEMO_FINANCE_EMAIL, "Demo Finance", StaffRole.FINANCE),
+        (DEMO_SUPPORT_EMAIL, "Demo Support", StaffRole.SUPPORT),
+    ):
+        member, _ = _ensure_reader(email, name, now=now, password=DEMO_STAFF_PASSWORD)
+        member.staff_role = role
+    db.session().flush()
+    return demo_history.seed_history(db.session(), now=now, password=DEMO_READER_PASSWORD)
 
 
 def _trial_mailer(template: str) -> Callable[[Trial], None]:
@@ -755,3 +778,60 @@ def _resync_all(
         if position % 100 == 0 or position == len(stripe_ids):
             click.echo(f"  {label}: {position}/{len(stripe_ids)}")
     return label, counts
+
+
+# Reports -------------------------------------------------------------------------------------
+
+
+@billing_cli.command("export")
+@click.argument("report_name", metavar="REPORT")
+@click.option("--from", "start", default=None, help="First day (YYYY-MM-DD); default: last month.")
+@click.option("--to", "end", default=None, help="Last day, included (YYYY-MM-DD).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "xlsx"]), default="csv", show_default=True
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("--currency", default=None, help="Only this currency (eur).")
+@click.option("--plan", default=None, help="Only this plan code.")
+@click.option("--country", default=None, help="Only this country (two letters).")
+@click.option("--owner", type=click.Choice(["individual", "group"]), default=None)
+@click.option("--period", type=click.Choice(["week", "month", "quarter"]), default=None)
+def export(report_name: str, fmt: str, out: str, **options: str | None) -> None:
+    """Export REPORT (invoices, vat, mrr, trials, churn, groups, dunning) to a file, streaming
+    whatever its size, with a progress line; the export is written to the audit log."""
+    from billing.services import reports
+    from billing.services.reports import export as exporting
+    from billing.services.reports.base import parse_filters
+
+    try:
+        report = reports.get(report_name)
+    except DomainError as exc:
+        names = ", ".join(reports.REPORTS)
+        raise click.BadParameter(
+            f"{exc.message} Choose one of {names}.", param_hint="REPORT"
+        ) from exc
+    now = current_clock().now()
+    values = {"from": options.pop("start"), "to": options.pop("end"), **options}
+    try:
+        filters = parse_filters(values, today=now.date(), report=report)
+    except DomainError as exc:
+        raise click.BadParameter(exc.message, param_hint=f"--{exc.field}") from exc
+    progress = exporting.Progress(
+        every=100_000, report=lambda n: click.echo(f"  {report.name}: {n:,} rows", err=True)
+    )
+    session = db.session()
+    if fmt == exporting.Format.CSV:
+        with open(out, "wb") as target:
+            for chunk in exporting.csv_chunks(session, report, filters, now, progress):
+                target.write(chunk)
+    else:
+        exporting.write_xlsx(session, report, filters, now, out, progress)
+    session.rollback()
+    reports.record_export(
+        session, now=now, actor="cli", report=report, filters=filters, fmt=fmt, rows=progress.rows
+    )
+    session.commit()
+    click.echo(
+        f"Exported {progress.rows:,} rows of {report.name} "
+        f"({filters.start} to {filters.end}) to {out}."
+    )

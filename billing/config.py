@@ -222,6 +222,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TERMS_URL", "", "the terms of subscription (footer, sign-up form, mails)"),
     Setting("PRIVACY_URL", "", "the privacy policy (footer, sign-up form, mails)"),
     Setting("IMPRINT_URL", "", "the imprint / legal notice (footer, mails)"),
+    Setting(
+        "ECB_RATES_FILE",
+        "",
+        "the ECB's `eurofxref-hist.csv` for the VAT report; empty: the reviewed copy in `billing/data/`",
+    ),
 )
 BRAND_SETTINGS = (
     "PUBLICATION_NAME",
@@ -308,6 +313,7 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "VIES_URL": get("VIES_URL").strip().rstrip("/"),
         "VIES_TIMEOUT": number("VIES_TIMEOUT", float),
         **{name: get(name).strip() for name in BRAND_SETTINGS},
+        "ECB_RATES_FILE": get("ECB_RATES_FILE"),
         "SESSION_COOKIE_SECURE": production,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -129,6 +129,33 @@ def reader(**kwargs: Any) -> models.Reader:
     return ReaderFactory(**kwargs)  # type: ignore[no-any-return]
 
 
+class InvoiceFactory(_Base):
+    """A paid EUR 12.00 invoice (VAT 21 % included: 2.08) of a subscription, issued at ``NOW``."""
+
+    class Meta:
+        model = models.Invoice
+
+    subscription = factory.SubFactory(SubscriptionFactory)
+    customer_id = factory.LazyAttribute(lambda o: o.subscription.customer_id)
+    subscription_id = factory.LazyAttribute(lambda o: o.subscription.id)
+    stripe_id = factory.Sequence(lambda n: f"in_test{n}")
+    number = factory.Sequence(lambda n: f"TG-{n:06d}")
+    status = models.InvoiceStatus.PAID
+    currency = "eur"
+    total = 1200
+    tax = 208
+    subtotal = factory.LazyAttribute(lambda o: o.total)
+    amount_paid = factory.LazyAttribute(lambda o: o.total)
+    customer_country = "BE"
+    created_at = NOW
+    paid_at = factory.LazyAttribute(lambda o: o.created_at)
+
+    @classmethod
+    def _adjust_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        kwargs.pop("subscription", None)
+        return kwargs
+
+
 class GroupFactory(_Base):
     """An organisation in Belgium."""
 

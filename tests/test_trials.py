@@ -190,7 +190,8 @@ def test_seed_demo_creates_plans_staff_and_readers_in_every_trial_state_once(
     assert states["trial.active@example.org"] == TrialStatus.ACTIVE
     assert states["trial.ending@example.org"] == TrialStatus.ACTIVE
     assert states["trial.soon@example.org"] == TrialStatus.ACTIVE
-    assert len(states) == 4
+    demo_trials = {email for email in states if not email.endswith("@demo.example.org")}
+    assert len(demo_trials) == 4, "besides the year of demo history"
 
 
 def test_the_demo_reader_whose_trial_ends_soon_ends_with_a_plain_tick_two_minutes_later(

@@ -325,19 +325,3 @@ def confirm_email_change(
     reader.email_canonical = canonical_email(new_email)
     reader.email_verified_at = now
     return reader
-
-
-def delete_account(session: Session, reader: Reader, *, password: str, now: datetime) -> None:
-    """Delete the reader's account after checking their password.
-
-    The trial record and any Stripe customer record stay (without the link to the account), so the
-    same person signing up again gets no second trial. Refused while a subscription still runs.
-    """
-    if not check_password_hash(reader.password_hash, password):
-        raise ValidationFailed("Your password is not correct.", field="password")
-    from billing.models import SubscriptionStatus
-
-    running = [s for s in reader.subscriptions if not s.has_ended(now)]
-    if any(s.status != SubscriptionStatus.INCOMPLETE for s in running):
-        raise Conflict("Cancel your subscription before deleting your account.")
-    session.delete(reader)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.orm import Mapper, Session
 
 from billing.models import AuditLog, Reader
 
@@ -39,3 +40,14 @@ def record(
     )
     session.add(entry)
     return entry
+
+
+class AuditLogIsAppendOnly(Exception):
+    """Something tried to change or delete an audit entry."""
+
+
+@event.listens_for(AuditLog, "before_update")
+@event.listens_for(AuditLog, "before_delete")
+def _refuse_changes(_mapper: Mapper[AuditLog], _connection: object, entry: AuditLog) -> None:
+    """The application only ever appends to the audit log."""
+    raise AuditLogIsAppendOnly(f"audit entry {entry.id} cannot be changed or deleted")

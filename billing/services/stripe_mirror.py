@@ -548,6 +548,9 @@ def _apply_subscription(
     elif status != SubscriptionStatus.UNPAID:
         values["past_due_since"] = None
     if not assign(row, values):
+        if status not in NOT_STARTED_STATUSES | ENDED_STATUSES and not _has_started(session, row):
+            # Unchanged, yet perhaps paid since: a SEPA debit clears days after it started.
+            _ledger(session, gateway, row, before, before, data, now=now, event_id=event_id)
         return _Synced(row, Change.UNCHANGED)
     row.updated_at = now
     if event_id is not None:
@@ -572,12 +575,14 @@ def _ledger(
 ) -> None:
     """Append the ledger entries for the change from ``before`` (None: first sight) to ``after``.
 
-    - Nothing for a subscription that has not started (``incomplete``, ``trialing``) or had
-      already ended.
-    - Its start (first sight, or leaving ``incomplete``/``trialing``): ``created``, or
-      ``converted`` when it started from a trial (a scheduled start, or Stripe's own trial), at
-      Stripe's creation time, MRR 0 -> the plan's monthly amount. Seen for the first time already
-      ended, it gets its start and ``ended`` if Stripe shows a payment of it, else nothing.
+    - A subscription starts in the ledger when its first payment succeeds, whatever its status
+      says: Stripe calls a subscription paid by a pending SEPA debit ``active`` before the money
+      arrives. Until then (``incomplete``, ``trialing``, or ``active`` with nothing paid) it has
+      no entry and adds nothing to MRR; one that ends unpaid never gets any (nothing was earned,
+      nothing churned), and once ended nothing more is appended.
+    - Its start: ``created``, or ``converted`` when it started from a trial (a scheduled start,
+      or Stripe's own trial), at the time of its first payment, MRR 0 -> the plan's monthly
+      amount. Seen for the first time already ended, it gets its start and ``ended``.
     - ``ended`` (status ``canceled``/``incomplete_expired``): MRR -> 0, at Stripe's end time.
     - Of a running one: ``upgraded``/``downgraded`` (another plan; by monthly amount),
       ``seats_changed`` (quantity), ``renewed`` (a new period on the same plan), ``past_due``,
@@ -589,10 +594,11 @@ def _ledger(
     code = after.plan.code
     if before is not None and before.status in ENDED_STATUSES:
         return
-    if before is None or before.status in NOT_STARTED_STATUSES:
+    if before is None or not _has_started(session, row):
         if after.status in NOT_STARTED_STATUSES:
             return
-        if ended and not _was_paid(gateway, data.id):
+        paid_at = _first_payment(gateway, data.id)
+        if paid_at is None:
             return
         full = after.plan.monthly_amount(after.quantity)
         converted = bool(data.metadata.get("tollgate_scheduled_id")) or (
@@ -600,7 +606,7 @@ def _ledger(
         )
         kind = SubscriptionEventKind.CONVERTED if converted else SubscriptionEventKind.CREATED
         details = {"plan": code, "quantity": after.quantity}
-        entries.append((kind, 0, full, data.created, details))
+        entries.append((kind, 0, full, paid_at, details))
         if ended:
             entries.append((SubscriptionEventKind.ENDED, full, 0, data.ended_at or now, {}))
         else:
@@ -696,10 +702,28 @@ def mail_payment_problem(
     )
 
 
-def _was_paid(gateway: StripeGateway, stripe_subscription_id: str) -> bool:
-    """Whether any invoice of the subscription was paid (so it did start before it ended)."""
+def _first_payment(gateway: StripeGateway, stripe_subscription_id: str) -> datetime | None:
+    """When the subscription's first invoice was paid (None: nothing paid yet, or ever)."""
     invoices = gateway.list_invoices(subscription_id=stripe_subscription_id)
-    return any(invoice.amount_paid > 0 for invoice in invoices)
+    paid = [i for i in invoices if i.amount_paid > 0 and i.status == InvoiceStatus.PAID]
+    if not paid:
+        return None
+    return min(i.paid_at or i.created for i in paid)
+
+
+def _has_started(session: Session, row: Subscription) -> bool:
+    """Whether the ledger holds the subscription's start (its first payment was seen)."""
+    started = session.scalar(
+        select(SubscriptionEvent.id)
+        .where(
+            SubscriptionEvent.subscription_id == row.id,
+            SubscriptionEvent.kind.in_(
+                [SubscriptionEventKind.CREATED, SubscriptionEventKind.CONVERTED]
+            ),
+        )
+        .limit(1)
+    )
+    return started is not None
 
 
 def _refund_entry(

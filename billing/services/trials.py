@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from billing.errors import Conflict, Forbidden
 from billing.models import Customer, Reader, Subscription, Trial, TrialStatus
+from billing.services.privacy import erased_email_hash
 
 
 class TrialRefused(Conflict):
@@ -43,14 +44,16 @@ def refusal_reason(session: Session, reader: Reader) -> str | None:
     if reader.trial is not None:
         return "You have already used your free trial."
     canonical = reader.email_canonical
-    had_trial = session.scalar(select(exists().where(Trial.email_canonical == canonical)))
+    # An erased account leaves its address behind only as a hash (billing.services.privacy).
+    known = [canonical, erased_email_hash(canonical)]
+    had_trial = session.scalar(select(exists().where(Trial.email_canonical.in_(known))))
     if had_trial:
         return "A free trial was already used with this e-mail address."
     had_subscription = session.scalar(
         select(
             exists()
             .where(Subscription.customer_id == Customer.id)
-            .where(Customer.email_canonical == canonical)
+            .where(Customer.email_canonical.in_(known))
         )
     ) or bool(reader.subscriptions)
     if had_subscription:

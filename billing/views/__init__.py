@@ -17,8 +17,11 @@ def register(app: Flask) -> None:
         payments,
         staff,
         staff_api_clients,  # noqa: F401 - adds its routes to staff.bp
+        staff_audit,  # noqa: F401 - adds its routes to staff.bp
+        staff_dashboard,  # noqa: F401 - adds its routes to staff.bp
         staff_groups,  # noqa: F401 - adds its routes to staff.bp
-        staff_home,  # noqa: F401 - adds its routes to staff.bp
+        staff_reports,  # noqa: F401 - adds its routes to staff.bp
+        staff_support,  # noqa: F401 - adds its routes to staff.bp
     )
 
     app.register_blueprint(ops.bp)

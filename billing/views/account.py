@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from flask_login import login_required, login_user, logout_user
 from sqlalchemy import inspect
@@ -14,7 +23,7 @@ from billing.clock import current_clock
 from billing.errors import DomainError
 from billing.extensions import limiter
 from billing.models import TrialStatus
-from billing.services import accounts, audit, mail, notices, trials
+from billing.services import accounts, audit, mail, notices, privacy, trials
 from billing.services.entitlements import Reason
 from billing.views import guards
 from billing.views.auth import absolute_url, duration
@@ -245,15 +254,44 @@ def delete() -> ResponseReturnValue:
             audit.record(
                 session,
                 now=now,
-                actor=reader.email,
+                actor="reader (erased)",
                 action="account.deleted",
                 target=reader,
                 ip=request.remote_addr,
             )
-            accounts.delete_account(session, reader, password=form.password.data, now=now)
+            privacy.erase(
+                session,
+                current_app.extensions["stripe_gateway"],
+                reader,
+                password=form.password.data,
+                now=now,
+            )
     except DomainError as error:
         return render_refused("account/delete.html", form, error)
     session.commit()
     logout_user()
     flash("Your account is deleted. Thank you for reading with us.", "info")
     return redirect(url_for("auth.signup"))
+
+
+@bp.get("/account/data")
+@login_required
+def data_export() -> ResponseReturnValue:
+    """Download everything Tollgate holds about the logged-in reader, as JSON."""
+    reader = guards.reader()
+    session = db.session()
+    body = privacy.export(session, reader)
+    audit.record(
+        session,
+        now=current_clock().now(),
+        actor=reader,
+        action="account.data_exported",
+        target=reader,
+        ip=request.remote_addr,
+    )
+    session.commit()
+    response = jsonify(body)
+    response.headers["Content-Disposition"] = (
+        f"attachment; filename=tollgate-data-{reader.public_id}.json"
+    )
+    return response

@@ -1,18 +1,14 @@
-"""The staff area's home, ``/staff/``: the sections the logged-in staff member's role may open.
+"""The sections of the staff area, listed on the staff home (``/staff/``, the dashboard in
+:mod:`billing.views.staff_dashboard`) by the roles that may open them.
 
-These routes join the staff blueprint. Every section is listed with the roles that may open it,
-the same roles its own guard allows (admins may open everything).
+Every section is listed with the same roles its own guard allows (admins may open everything).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import render_template
-
 from billing.models import StaffRole
-from billing.views import guards
-from billing.views.staff import bp
 
 
 @dataclass(frozen=True)
@@ -31,6 +27,12 @@ class Section:
 
 SECTIONS: tuple[Section, ...] = (
     Section(
+        "Find a reader",
+        "staff.support_find",
+        "By e-mail, name, reader id or Stripe id: the decision, trial, invoices, mails; support actions.",
+        frozenset({StaffRole.SUPPORT, StaffRole.FINANCE}),
+    ),
+    Section(
         "Readers",
         "staff.readers",
         "Look a reader up by e-mail or name: account, trial, access, subscriptions.",
@@ -43,6 +45,24 @@ SECTIONS: tuple[Section, ...] = (
         frozenset({StaffRole.SUPPORT}),
     ),
     Section(
+        "Failed Stripe events",
+        "staff.support_events",
+        "Webhook events that failed or died, and replaying one.",
+        frozenset({StaffRole.SUPPORT}),
+    ),
+    Section(
+        "Reports and exports",
+        "staff.reports_index",
+        "Revenue, VAT (One-Stop-Shop), MRR, trials, churn, groups, dunning; CSV and XLSX.",
+        frozenset({StaffRole.FINANCE}),
+    ),
+    Section(
+        "Audit log",
+        "staff.audit_page",
+        "Who did what, when, from where: browse, filter, export.",
+        frozenset({StaffRole.ADMIN}),
+    ),
+    Section(
         "API clients",
         "staff.api_clients_list",
         "The content sites' API keys: create, rotate, revoke.",
@@ -50,13 +70,3 @@ SECTIONS: tuple[Section, ...] = (
     ),
 )
 """Every staff section, in the order the home page lists them."""
-
-
-@bp.get("/")
-@guards.staff_required(StaffRole.SUPPORT, StaffRole.FINANCE)
-def home() -> str:
-    """The staff sections the logged-in staff member may open."""
-    role = guards.reader().staff_role
-    return render_template(
-        "staff/home.html", sections=[s for s in SECTIONS if s.allows(role)], role=role
-    )

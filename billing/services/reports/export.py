@@ -1,0 +1,319 @@
+"""Exports of any report as CSV or XLSX, in constant memory whatever the size.
+
+- **CSV on PostgreSQL** (a report with a ``statement``): the query runs inside psycopg's
+  ``COPY (...) TO STDOUT WITH (FORMAT csv)``, with every value already formatted in SQL (money in
+  major units, times in UTC, text guarded against spreadsheet formulae), and COPY's many small
+  pieces are gathered into chunks of about 64 KiB.
+- **CSV elsewhere** (SQLite, and reports built in Python): the rows are read as a stream
+  (``yield_per``) and formatted by :func:`format_value`, which writes what the SQL writes.
+- **XLSX**: XlsxWriter in ``constant_memory`` mode (each row is flushed to disk as it is
+  written), to a temporary file; numbers are numbers, times are times, text is never a formula.
+
+Every file has a header row, then the rows, then the totals (after an empty row), then any further
+sections of the report. UTF-8, with the report and the range in the file name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import IO, Any
+
+from sqlalchemy import Numeric, String, case, cast, func, literal_column, select
+from sqlalchemy.orm import Session
+
+from billing.services.reports.base import Column, Filters, Kind, Report, Table, major
+
+CHUNK_BYTES = 64 * 1024
+YIELD_PER = 2000
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A text cell starting with one of these is read as a formula by spreadsheets: it gets a ``'``."""
+
+
+class Format(StrEnum):
+    """The file formats an export can take."""
+
+    CSV = "csv"
+    XLSX = "xlsx"
+
+    @property
+    def mimetype(self) -> str:
+        """The media type of a file in this format."""
+        if self == Format.CSV:
+            return "text/csv; charset=utf-8"
+        return "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+@dataclass
+class Progress:
+    """Counts the rows written; calls ``report`` every ``every`` rows (the CLI's progress line)."""
+
+    every: int = 100_000
+    report: Callable[[int], None] | None = None
+    rows: int = 0
+
+    def add(self, count: int) -> None:
+        """Count ``count`` more rows."""
+        before = self.rows
+        self.rows += count
+        if self.report is not None and self.rows // self.every > before // self.every:
+            self.report(self.rows)
+
+
+def file_name(report: Report, filters: Filters, fmt: Format) -> str:
+    """``invoices_2026-10-01_2026-10-31.csv``: the report and its range."""
+    return f"{report.name}_{filters.slug()}.{fmt.value}"
+
+
+def format_value(value: Any, kind: Kind) -> str:
+    """A value as CSV text: money in major units (``12.00``), UTC times, guarded text."""
+    if value is None:
+        return ""
+    if kind == Kind.MONEY:
+        return str(major(int(value)))
+    if kind == Kind.DATETIME:
+        return f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+    if kind == Kind.DATE:
+        return value.isoformat() if isinstance(value, date) else str(value)
+    if kind == Kind.PERCENT:
+        return str((Decimal(value) * 100).quantize(Decimal("0.01")))
+    if kind in (Kind.INT, Kind.DECIMAL):
+        return str(value)
+    text = value.value if isinstance(value, StrEnum) else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def csv_chunks(
+    session: Session,
+    report: Report,
+    filters: Filters,
+    now: datetime,
+    progress: Progress,
+) -> Iterator[bytes]:
+    """The report as CSV, in chunks of about 64 KiB (UTF-8, header row first, totals last)."""
+    buffer = _Buffer()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([c.label for c in report.columns])
+    dialect = session.get_bind().dialect.name
+    if report.statement is not None and dialect == "postgresql":
+        yield from buffer.take()
+        yield from _copy_chunks(session, report, filters, progress)
+        table = report.build(session, filters, now, 0)
+    elif report.statement is not None:
+        kinds = [c.kind for c in report.columns]
+        result = session.execute(report.statement(filters).execution_options(yield_per=YIELD_PER))
+        for partition in result.partitions():
+            for row in partition:
+                writer.writerow([format_value(v, k) for v, k in zip(row, kinds, strict=True)])
+            progress.add(len(partition))
+            yield from buffer.take_if_full()
+        table = report.build(session, filters, now, 0)
+    else:
+        table = report.build(session, filters, now, None)
+        _write_rows(writer, report.columns, table.rows)
+        progress.add(len(table.rows))
+    _write_tail(writer, report.columns, table)
+    yield from buffer.take()
+
+
+def _write_rows(writer: Any, columns: Sequence[Column], rows: Iterable[tuple[Any, ...]]) -> None:
+    kinds = [c.kind for c in columns]
+    for row in rows:
+        writer.writerow([format_value(v, k) for v, k in zip(row, kinds, strict=True)])
+
+
+def _write_tail(writer: Any, columns: Sequence[Column], table: Table) -> None:
+    if table.totals:
+        writer.writerow([])
+        _write_rows(writer, columns, table.totals)
+    for title, section in table.sections.items():
+        writer.writerow([])
+        writer.writerow([title])
+        writer.writerow([c.label for c in section.columns])
+        _write_rows(writer, section.columns, section.rows)
+        if section.totals:
+            _write_rows(writer, section.columns, section.totals)
+
+
+class _Buffer(io.StringIO):
+    """Text gathered by the csv writer, handed out as UTF-8 chunks."""
+
+    def take(self) -> Iterator[bytes]:
+        text = self.getvalue()
+        if text:
+            self.seek(0)
+            self.truncate()
+            yield text.encode("utf-8")
+
+    def take_if_full(self) -> Iterator[bytes]:
+        if self.tell() >= CHUNK_BYTES:
+            yield from self.take()
+
+
+# --- PostgreSQL: COPY with the formatting in SQL ------------------------------------------------
+
+
+def _sql_format(column: Any, kind: Kind) -> Any:
+    """The SQL that writes ``column`` as :func:`format_value` does."""
+    if kind == Kind.MONEY:
+        return func.round(cast(column, Numeric) / 100, 2)
+    if kind == Kind.DATETIME:
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS")
+    if kind == Kind.DATE:
+        return func.to_char(column, "YYYY-MM-DD")
+    if kind == Kind.PERCENT:
+        return func.round(cast(column, Numeric) * 100, 2)
+    if kind in (Kind.INT, Kind.DECIMAL):
+        return column
+    return _guarded(column)
+
+
+def copy_sql(session: Session, report: Report, filters: Filters) -> tuple[str, dict[str, Any]]:
+    """The ``COPY (SELECT ...) TO STDOUT`` statement of a report and its parameters."""
+    assert report.statement is not None
+    inner = report.statement(filters).subquery("report")
+    formatted = []
+    for column, spec in zip(inner.c, report.columns, strict=True):
+        formatted.append(_sql_format(column, spec.kind).label(spec.key))
+    compiled = select(*formatted).compile(
+        dialect=session.get_bind().dialect, compile_kwargs={"render_postcompile": True}
+    )
+    return f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv)", dict(compiled.params)
+
+
+def _guarded(column: Any) -> Any:
+    """Text that a spreadsheet would take for a formula gets a leading ``'``, in SQL."""
+    text = cast(column, String)
+    return case(
+        (func.substr(text, 1, 1).in_(list(FORMULA_STARTS)), literal_column("''''") + text),
+        else_=text,
+    )
+
+
+def _copy_chunks(
+    session: Session, report: Report, filters: Filters, progress: Progress
+) -> Iterator[bytes]:
+    sql, params = copy_sql(session, report, filters)
+    connection = session.connection().connection.driver_connection
+    assert connection is not None
+    pending: list[bytes] = []
+    size = 0
+    with connection.cursor() as cursor, cursor.copy(sql, params) as copy:
+        for data in copy:
+            piece = bytes(data)
+            pending.append(piece)
+            size += len(piece)
+            if size >= CHUNK_BYTES:
+                chunk = b"".join(pending)
+                progress.add(chunk.count(b"\n"))
+                yield chunk
+                pending, size = [], 0
+    if pending:
+        chunk = b"".join(pending)
+        progress.add(chunk.count(b"\n"))
+        yield chunk
+
+
+# --- XLSX -----------------------------------------------------------------------------------------
+
+
+def write_xlsx(
+    session: Session,
+    report: Report,
+    filters: Filters,
+    now: datetime,
+    out: IO[bytes] | str,
+    progress: Progress,
+) -> None:
+    """Write the report as an XLSX workbook to ``out`` (a path or a binary file) in constant
+    memory: a sheet with the header, rows and totals, and a sheet per further section."""
+    import xlsxwriter
+
+    workbook = xlsxwriter.Workbook(
+        out,
+        {
+            "constant_memory": True,
+            "strings_to_numbers": False,
+            "strings_to_formulas": False,
+            "strings_to_urls": False,
+        },
+    )
+    styles = {
+        Kind.MONEY: workbook.add_format({"num_format": "#,##0.00"}),
+        Kind.DATETIME: workbook.add_format({"num_format": "yyyy-mm-dd hh:mm:ss"}),
+        Kind.DATE: workbook.add_format({"num_format": "yyyy-mm-dd"}),
+        Kind.PERCENT: workbook.add_format({"num_format": "0.00%"}),
+    }
+    bold = workbook.add_format({"bold": True})
+    sheet = workbook.add_worksheet(report.title[:31])
+    row_number = _xlsx_header(sheet, report.columns, bold)
+    if report.statement is not None:
+        result = session.execute(report.statement(filters).execution_options(yield_per=YIELD_PER))
+        for partition in result.partitions():
+            for found in partition:
+                _xlsx_row(sheet, row_number, report.columns, found, styles)
+                row_number += 1
+            progress.add(len(partition))
+        table = report.build(session, filters, now, 0)
+    else:
+        table = report.build(session, filters, now, None)
+        for row in table.rows:
+            _xlsx_row(sheet, row_number, report.columns, row, styles)
+            row_number += 1
+        progress.add(len(table.rows))
+    if table.totals:
+        row_number += 1
+        for total in table.totals:
+            _xlsx_row(sheet, row_number, report.columns, total, styles, bold)
+            row_number += 1
+    for title, section in table.sections.items():
+        extra = workbook.add_worksheet(title[:31])
+        position = _xlsx_header(extra, section.columns, bold)
+        for line in [*section.rows, *section.totals]:
+            _xlsx_row(extra, position, section.columns, line, styles)
+            position += 1
+    workbook.close()
+
+
+def _xlsx_header(sheet: Any, columns: Sequence[Column], bold: Any) -> int:
+    for index, column in enumerate(columns):
+        sheet.set_column(index, index, max(10, min(40, len(column.label) + 4)))
+    for index, column in enumerate(columns):
+        sheet.write_string(0, index, column.label, bold)
+    sheet.freeze_panes(1, 0)
+    return 1
+
+
+def _xlsx_row(
+    sheet: Any,
+    row_number: int,
+    columns: Sequence[Column],
+    row: Sequence[Any],
+    styles: dict[Kind, Any],
+    bold: Any = None,
+) -> None:
+    for index, (column, value) in enumerate(zip(columns, row, strict=True)):
+        if value is None:
+            continue
+        kind = column.kind
+        if kind == Kind.MONEY:
+            sheet.write_number(row_number, index, float(major(int(value)) or 0), styles[kind])
+        elif kind in (Kind.INT, Kind.DECIMAL):
+            sheet.write_number(row_number, index, float(value), bold)
+        elif kind == Kind.PERCENT:
+            sheet.write_number(row_number, index, float(value), styles[kind])
+        elif kind == Kind.DATETIME:
+            naive = value.astimezone(UTC).replace(tzinfo=None)
+            sheet.write_datetime(row_number, index, naive, styles[kind])
+        elif kind == Kind.DATE and isinstance(value, date):
+            sheet.write_datetime(
+                row_number, index, datetime(value.year, value.month, value.day), styles[kind]
+            )
+        else:
+            text = value.value if isinstance(value, StrEnum) else str(value)
+            sheet.write_string(row_number, index, text, bold)

@@ -1,0 +1,202 @@
+"""Exports: CSV and XLSX that open, match the page's totals, stream in bounded memory, and are
+audit-logged; the ``billing export`` command with its progress line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tracemalloc
+from datetime import date, timedelta
+from pathlib import Path
+
+import openpyxl
+import pytest
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from billing.clock import FixedClock
+from billing.models import AuditLog, Invoice, InvoiceStatus, StaffRole
+from billing.services import reports
+from billing.services.reports import export
+from billing.services.reports.base import Filters
+from tests import factories
+from tests.helpers import login
+
+NOVEMBER = Filters(start=date(2026, 11, 1), end=date(2026, 11, 30))
+
+
+@pytest.fixture
+def november_invoices(session: Session) -> list[Invoice]:
+    """Four November invoices: two paid by readers, one open, one paid by a group whose name
+    looks like a spreadsheet formula; and one October invoice outside the range."""
+    day = factories.NOW.replace(day=3)
+    paid = factories.InvoiceFactory(created_at=day)
+    refunded = factories.InvoiceFactory(
+        created_at=day + timedelta(days=1), amount_refunded=500, customer_country="NL"
+    )
+    factories.InvoiceFactory(
+        created_at=day + timedelta(days=2), status=InvoiceStatus.OPEN, amount_paid=0
+    )
+    group = factories.GroupFactory(name='=HYPERLINK("http://evil")')
+    customer = factories.CustomerFactory(
+        reader=None,
+        group_id=group.id,
+        email=group.billing_email,
+        email_canonical=group.billing_email,
+    )
+    seats = factories.SubscriptionFactory(
+        customer=customer, reader=None, group_id=group.id, quantity=10
+    )
+    group_invoice = factories.InvoiceFactory(
+        subscription=seats, created_at=day + timedelta(days=3), total=96000, tax=16661
+    )
+    factories.InvoiceFactory(created_at=day - timedelta(days=10))
+    return [paid, refunded, group_invoice]
+
+
+def _csv_rows(data: bytes) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(data.decode("utf-8"))))
+
+
+@pytest.mark.usefixtures("november_invoices")
+def test_the_invoices_csv_has_a_header_every_invoice_in_the_range_and_the_paid_totals(
+    session: Session, clock: FixedClock
+) -> None:
+    report = reports.get("invoices")
+    progress = export.Progress()
+
+    data = b"".join(export.csv_chunks(session, report, NOVEMBER, clock.now(), progress))
+
+    rows = _csv_rows(data)
+    assert rows[0][:3] == ["Number", "Date (UTC)", "Reader or group"]
+    body = rows[1 : rows.index([])]
+    assert progress.rows == len(body) == 4
+    assert [r[-1] for r in body] == ["paid", "paid", "open", "paid"]
+    assert body[0][1] == "2026-11-03 09:00:00"
+    assert body[0][7:10] == ["9.92", "2.08", "12.00"], "net, VAT, gross in major units"
+    assert body[3][2] == '\'=HYPERLINK("http://evil")', "a formula is text"
+    assert body[3][3] == "group"
+    [totals] = rows[rows.index([]) + 1 :]
+    assert totals[0] == "Total: 3 paid"
+    assert totals[7:13] == ["813.23", "170.77", "984.00", "984.00", "5.00", "eur"]
+
+
+@pytest.mark.usefixtures("november_invoices")
+def test_the_page_the_csv_and_the_xlsx_show_the_same_totals(
+    client: FlaskClient, session: Session, tmp_path: Path
+) -> None:
+    login(client, factories.reader(staff_role=StaffRole.FINANCE))
+    query = "from=2026-11-01&to=2026-11-30"
+
+    page = client.get(f"/staff/reports/invoices?{query}").get_data(as_text=True)
+    csv_response = client.get(f"/staff/reports/invoices/export?{query}&format=csv")
+    xlsx_response = client.get(f"/staff/reports/invoices/export?{query}&format=xlsx")
+
+    assert "984.00" in page and "170.77" in page and "813.23" in page
+    assert csv_response.status_code == 200
+    assert csv_response.headers["Content-Disposition"] == (
+        "attachment; filename=invoices_2026-11-01_2026-11-30.csv"
+    )
+    csv_totals = _csv_rows(csv_response.data)[-1]
+    assert csv_totals[7:10] == ["813.23", "170.77", "984.00"]
+    path = tmp_path / "invoices.xlsx"
+    path.write_bytes(xlsx_response.data)
+    workbook = openpyxl.load_workbook(path, read_only=True)
+    values = list(workbook.active.iter_rows(values_only=True))
+    workbook.close()
+    assert values[0][0] == "Number"
+    assert values[1][7:10] == (9.92, 2.08, 12.0), "numbers as numbers"
+    assert values[-1][0] == "Total: 3 paid"
+    assert values[-1][7:10] == (813.23, 170.77, 984.0)
+    logged = session.scalars(select(AuditLog).where(AuditLog.action == "report.exported")).all()
+    assert sorted((e.details["format"], e.details["rows"]) for e in logged) == [
+        ("csv", 4),
+        ("xlsx", 4),
+    ], "the CSV is logged once streamed"
+    assert logged[0].details["filters"] == {"start": "2026-11-01", "end": "2026-11-30"}
+
+
+@pytest.mark.usefixtures("november_invoices")
+def test_the_export_command_writes_the_file_says_how_many_rows_and_logs_it(
+    runner: FlaskCliRunner, session: Session, tmp_path: Path
+) -> None:
+    out = tmp_path / "november.csv"
+
+    result = runner.invoke(
+        args=[
+            "billing",
+            "export",
+            "invoices",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-30",
+            "--format",
+            "csv",
+            "--out",
+            str(out),
+            "--owner",
+            "group",
+        ]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "Exported 1 rows of invoices (2026-11-01 to 2026-11-30)" in result.output
+    assert len(_csv_rows(out.read_bytes())) == 1 + 1 + 1 + 1
+    entry = session.scalars(select(AuditLog)).one()
+    assert (entry.actor_label, entry.details["rows"]) == ("cli", 1)
+    assert entry.details["filters"]["owner"] == "group"
+
+
+def test_the_export_command_names_a_bad_option(runner: FlaskCliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "x.csv"
+    bad_date = runner.invoke(
+        args=["billing", "export", "invoices", "--from", "2026-13-01", "--out", str(out)]
+    )
+    no_report = runner.invoke(args=["billing", "export", "ledger", "--out", str(out)])
+
+    assert bad_date.exit_code == 2 and "--from" in bad_date.output
+    assert no_report.exit_code == 2 and "REPORT" in no_report.output
+    assert not out.exists()
+
+
+def test_a_100000_invoice_export_streams_in_bounded_memory(
+    session: Session, clock: FixedClock
+) -> None:
+    subscription = factories.SubscriptionFactory()
+    start = factories.NOW.replace(day=1)
+    session.execute(
+        insert(Invoice),
+        [
+            {
+                "stripe_id": f"in_bulk{n}",
+                "number": f"TG-{n:07d}",
+                "customer_id": subscription.customer_id,
+                "subscription_id": subscription.id,
+                "status": InvoiceStatus.PAID,
+                "currency": "eur",
+                "subtotal": 1200,
+                "tax": 208,
+                "total": 1200,
+                "amount_paid": 1200,
+                "customer_country": "BE",
+                "created_at": start + timedelta(seconds=n),
+            }
+            for n in range(100_000)
+        ],
+    )
+    session.commit()
+    report = reports.get("invoices")
+    progress = export.Progress()
+
+    tracemalloc.start()
+    size = 0
+    for chunk in export.csv_chunks(session, report, NOVEMBER, clock.now(), progress):
+        size += len(chunk)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    assert progress.rows == 100_000
+    assert size > 100_000 * 50
+    assert peak < 16 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"

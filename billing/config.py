@@ -139,6 +139,52 @@ SETTINGS: tuple[Setting, ...] = (
         "0",
         "number of trusted proxies in front of the app whose `X-Forwarded-*` headers are believed",
     ),
+    Setting(
+        "STRIPE_CONNECT_TIMEOUT",
+        "2",
+        "seconds to wait for a connection to Stripe (each try; keep (connect + read) x (retries + 1) under gunicorn's `--timeout`)",
+    ),
+    Setting(
+        "STRIPE_READ_TIMEOUT",
+        "5",
+        "seconds to wait for each answer from Stripe before the call counts as failed (and is retried)",
+    ),
+    Setting(
+        "SMTP_TIMEOUT",
+        "10",
+        "seconds to wait for the SMTP server to connect and to answer each command",
+    ),
+    Setting(
+        "WORKER_MAX_ATTEMPTS",
+        "12",
+        "attempts at a webhook event or a mail before it is dead (kept, counted, replayable)",
+    ),
+    Setting(
+        "WORKER_RETRY_BASE",
+        "10",
+        "seconds before the first retry of a failed event or mail; doubled after each failure",
+    ),
+    Setting("WORKER_RETRY_CAP", "3600", "the longest wait in seconds between two retries"),
+    Setting(
+        "WORKER_LEASE",
+        "120",
+        "seconds a worker holds what it claimed; a killed worker's events and mails are taken over after this",
+    ),
+    Setting(
+        "WORKER_POLL_INTERVAL",
+        "1",
+        "seconds an idle worker waits before looking for new events and mails again",
+    ),
+    Setting(
+        "WEBHOOK_MAX_BYTES",
+        "262144",
+        "largest webhook body read (before its signature is checked); larger ones are answered 413",
+    ),
+    Setting(
+        "READYZ_TIMEOUT",
+        "2",
+        "seconds `/readyz` waits for the database before answering 503",
+    ),
 )
 _DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
@@ -199,6 +245,16 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "DECISION_CACHE_MAX_AGE": number("DECISION_CACHE_MAX_AGE", float),
         "DECISION_CACHE_POLL_INTERVAL": number("DECISION_CACHE_POLL_INTERVAL", float),
         "PROXY_FIX_X_FOR": number("PROXY_FIX_X_FOR"),
+        "STRIPE_CONNECT_TIMEOUT": number("STRIPE_CONNECT_TIMEOUT", float),
+        "STRIPE_READ_TIMEOUT": number("STRIPE_READ_TIMEOUT", float),
+        "SMTP_TIMEOUT": number("SMTP_TIMEOUT", float),
+        "WORKER_MAX_ATTEMPTS": number("WORKER_MAX_ATTEMPTS"),
+        "WORKER_RETRY_BASE": number("WORKER_RETRY_BASE", float),
+        "WORKER_RETRY_CAP": number("WORKER_RETRY_CAP", float),
+        "WORKER_LEASE": number("WORKER_LEASE", float),
+        "WORKER_POLL_INTERVAL": number("WORKER_POLL_INTERVAL", float),
+        "WEBHOOK_MAX_BYTES": number("WEBHOOK_MAX_BYTES"),
+        "READYZ_TIMEOUT": number("READYZ_TIMEOUT", float),
         "SESSION_COOKIE_SECURE": production,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

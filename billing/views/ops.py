@@ -38,6 +38,7 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus metrics (of every gunicorn worker when ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
-    body, content_type = exposition()
+    """Prometheus metrics (of every gunicorn worker when ``PROMETHEUS_MULTIPROC_DIR`` is set),
+    with the backlog of webhook events and mails read from the database."""
+    body, content_type = exposition(db.session())
     return Response(body, content_type=content_type)

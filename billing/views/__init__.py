@@ -16,6 +16,7 @@ def register(app: Flask) -> None:
         payments,
         staff,
         staff_api_clients,  # noqa: F401 - adds its routes to staff.bp
+        unavailable,
     )
 
     app.register_blueprint(ops.bp)
@@ -24,6 +25,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(access.bp)
     app.register_blueprint(payments.bp)
     app.register_blueprint(staff.bp)
+    app.register_blueprint(unavailable.bp)
     if app.config["DEV_MODE"]:
         app.register_blueprint(dev.bp)
 

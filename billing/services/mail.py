@@ -28,8 +28,8 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Flask, current_app, render_template
 from jinja2 import TemplateNotFound
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from billing import leases
@@ -147,25 +147,22 @@ def send(
     call is a mail of its own.
     """
     mail = render(to, template, **context)
-    key = key or f"{template}:{uuid.uuid4().hex}"
-    if session.scalar(select(OutboxMessage.id).where(OutboxMessage.key == key)) is not None:
-        return mail
-    row = OutboxMessage(
-        key=key,
-        template=template,
-        created_at=current_clock().now(),
-        to=mail.to,
-        subject=mail.subject,
-        body=mail.body,
-        html=mail.html,
-        status=MailStatus.PENDING,
-        attempts=0,
+    values = {
+        "key": key or f"{template}:{uuid.uuid4().hex}",
+        "template": template,
+        "created_at": current_clock().now(),
+        "to": mail.to,
+        "subject": mail.subject,
+        "body": mail.body,
+        "html": mail.html,
+        "status": MailStatus.PENDING,
+        "attempts": 0,
+    }
+    # A mail with this key already written (even by a concurrent transaction) goes out once.
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(
+        insert(OutboxMessage).values(**values).on_conflict_do_nothing(index_elements=["key"])
     )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        pass  # a concurrent transaction wrote the same mail first: it goes out once
     return mail
 
 

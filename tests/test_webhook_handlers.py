@@ -468,18 +468,18 @@ def test_two_events_about_a_new_subscription_handled_at_the_same_moment_create_i
     policy = RetryPolicy.from_config(dict(app.config))
     for _ in range(4):
         forget_the_mirror(session)
-        rows = [
+        row_ids = [
             store.store(session, event(kind, obj, created=clock.now()), now=clock.now())[0]
             for kind, obj in pair
         ]
         session.commit()
-        for position, row in enumerate(rows):
+        for position, row_id in enumerate(row_ids):
             claimed = store.claim_for_replay(
-                session, row.id, now=clock.now(), worker=f"w{position}", lease=policy.lease
+                session, row_id, now=clock.now(), worker=f"w{position}", lease=policy.lease
             )
             assert claimed
         session.commit()
-        start = threading.Barrier(len(rows))
+        start = threading.Barrier(len(row_ids))
         outcomes: list[Outcome] = []
 
         def handle(
@@ -491,8 +491,8 @@ def test_two_events_about_a_new_subscription_handled_at_the_same_moment_create_i
                 outcomes.append(process(row_id, gateway, worker=f"w{position}", policy=policy))
 
         threads = [
-            threading.Thread(target=handle, args=(position, row.id, start, outcomes))
-            for position, row in enumerate(rows)
+            threading.Thread(target=handle, args=(position, row_id, start, outcomes))
+            for position, row_id in enumerate(row_ids)
         ]
         for thread in threads:
             thread.start()

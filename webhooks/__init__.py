@@ -18,14 +18,37 @@ database: a delivery takes milliseconds whatever Stripe or the handlers do. The 
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from billing import db
 from billing.clock import current_clock
 from billing.errors import error_body
 from billing.metrics import WEBHOOK_DELIVERIES
 
-bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+PREFIX = "/webhooks"
+bp = Blueprint("webhooks", __name__)
+
+
+def mount(app: Flask) -> Flask:
+    """Serve the intake as its own lean app under ``/webhooks``, as the API is served; return it.
+
+    A delivery needs none of the pages' machinery (sessions, log-in, CSRF, CSP headers): the
+    intake app shares the main app's settings and extensions (database, clock) and nothing else,
+    so storing an event costs little more than its insert.
+    """
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from billing import errors
+
+    intake = Flask(__name__)
+    intake.config = app.config
+    intake.extensions = app.extensions
+    intake.register_blueprint(bp)
+    intake.teardown_appcontext(db.close_session)
+    errors.init_app(intake)
+    app.extensions["webhooks_app"] = intake
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {PREFIX: intake})  # type: ignore[method-assign]
+    return intake
 
 
 @bp.post("/stripe")
@@ -59,7 +82,7 @@ def stripe_webhook() -> tuple[Response, int]:
 
     dead_because = unhandleable_reason(event) if handler_for(event["type"]) else None
     session = db.session()
-    _row, new = store.store(session, event, now=now, dead_because=dead_because)
+    _row_id, new = store.store(session, event, now=now, dead_because=dead_because)
     session.commit()
     outcome = "duplicate" if not new else "unhandleable" if dead_because else "stored"
     WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()

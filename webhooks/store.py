@@ -12,8 +12,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from billing import leases
@@ -27,35 +28,44 @@ NOT_DONE = (*READY, WebhookEventStatus.DEAD)
 
 
 def store(
-    session: Session, event: dict[str, Any], *, now: datetime, dead_because: str | None = None
-) -> tuple[WebhookEvent, bool]:
-    """Insert ``event`` unless its id is already stored: the stored row, and whether it is new.
+    executor: Session | Connection,
+    event: dict[str, Any],
+    *,
+    now: datetime,
+    dead_because: str | None = None,
+) -> tuple[int, bool]:
+    """Insert ``event`` unless its id is already stored: the row's id, and whether it is new.
 
+    One ``INSERT ... ON CONFLICT DO NOTHING``: a redelivery, or a concurrent duplicate on another
+    node, inserts nothing and waits for nobody but the other insert of the same id.
     ``dead_because`` stores it dead at once with that error (a payload no handler can use).
     """
-    existing = by_stripe_id(session, event["id"])
-    if existing is not None:
-        return existing, False
-    row = WebhookEvent(
-        stripe_event_id=event["id"],
-        type=event["type"],
-        livemode=bool(event.get("livemode", False)),
-        stripe_created_at=datetime.fromtimestamp(event["created"], UTC),
-        received_at=now,
-        payload=event,
-        status=WebhookEventStatus.RECEIVED if dead_because is None else WebhookEventStatus.DEAD,
-        attempts=0,
-        last_error=None if dead_because is None else f"unhandleable: {dead_because}",
+    values = {
+        "stripe_event_id": event["id"],
+        "type": event["type"],
+        "livemode": bool(event.get("livemode", False)),
+        "stripe_created_at": datetime.fromtimestamp(event["created"], UTC),
+        "received_at": now,
+        "payload": event,
+        "status": WebhookEventStatus.RECEIVED if dead_because is None else WebhookEventStatus.DEAD,
+        "attempts": 0,
+        "last_error": None if dead_because is None else f"unhandleable: {dead_because}",
+    }
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    insert = pg_insert if bind.dialect.name == "postgresql" else sqlite_insert
+    new_id = executor.scalar(
+        insert(WebhookEvent)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["stripe_event_id"])
+        .returning(WebhookEvent.id)
     )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        # Another delivery of the same event stored it between our look-up and insert.
-        stored = by_stripe_id(session, event["id"])
-        assert stored is not None
-        return stored, False
-    return row, True
+    if new_id is not None:
+        return int(new_id), True
+    existing = executor.scalar(
+        select(WebhookEvent.id).where(WebhookEvent.stripe_event_id == event["id"])
+    )
+    assert existing is not None
+    return int(existing), False
 
 
 def by_stripe_id(session: Session, stripe_event_id: str) -> WebhookEvent | None:

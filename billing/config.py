@@ -62,7 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SMTP_URL",
         "",
-        "`smtp://user:pass@host:587` (STARTTLS) or `smtps://...`; empty: mail goes to the console and the dev outbox",
+        "`smtp://user:pass@host:587` (STARTTLS) or `smtps://...`; empty: the worker prints mail to the console (the dev outbox page shows every mail)",
     ),
     Setting("MAIL_FROM", "Tollgate <no-reply@example.org>", "sender of every mail"),
     Setting("REDIS_URL", "", "Redis for rate-limit counters; empty: in-process memory"),

@@ -26,8 +26,8 @@ import webhooks.handlers  # noqa: F401 - the real table is filled before the tes
 from billing import db
 from billing.clock import FixedClock
 from billing.models import AuditLog, WebhookEvent, WebhookEventStatus
-from billing.services import audit
 from billing.worker import Tally, Worker
+from tests.worker_process import count_effect
 from webhooks import store
 from webhooks.process import Outcome, process
 from webhooks.registry import HANDLERS, EventContext, Registration
@@ -56,17 +56,6 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     app_config["WORKER_RETRY_CAP"] = 3600
     app_config["WORKER_LEASE"] = 120
     return app_config
-
-
-def count_effect(context: EventContext) -> None:
-    """The test handler: one audit entry per call."""
-    audit.record(
-        context.session,
-        now=context.now,
-        actor="stripe",
-        action="test.counted",
-        details={"event": context.event_id},
-    )
 
 
 def count_then_fail(context: EventContext) -> None:
@@ -148,6 +137,17 @@ def require_postgres() -> None:
 def replay(runner: FlaskCliRunner, *args: str) -> Any:
     """Run ``flask billing replay-events`` with ``args``."""
     return runner.invoke(args=["billing", "replay-events", *args])
+
+
+def claim_as(worker: str, clock: FixedClock) -> list[int]:
+    """Claim every due event for ``worker`` (two-minute lease) and commit, as a worker does
+    before handling; the claimed row ids."""
+    with db.new_session() as own:
+        claimed = store.claim_due(
+            own, now=clock.now(), worker=worker, lease=timedelta(minutes=2), limit=100
+        )
+        own.commit()
+    return claimed
 
 
 def work(app: Flask, name: str = "worker-1") -> Tally:
@@ -650,11 +650,7 @@ def test_a_claim_whose_worker_died_is_taken_over_after_the_lease_and_handled_onc
 ) -> None:
     event = make_event()
     deliver(client, event, clock)
-    with db.new_session() as dying:
-        [row_id] = store.claim_due(
-            dying, now=clock.now(), worker="dies", lease=timedelta(minutes=2), limit=10
-        )
-        dying.commit()
+    [row_id] = claim_as("dies", clock)
     assert not work(app, "other"), "the lease still holds"
     clock.advance(minutes=2)
     assert work(app, "other").events == {Outcome.PROCESSED: 1}
@@ -676,11 +672,7 @@ def test_a_worker_that_lost_its_claim_while_failing_does_not_mark_the_event_fail
 ) -> None:
     event = make_event(FLAKY)
     deliver(client, event, clock)
-    with db.new_session() as slow:
-        [row_id] = store.claim_due(
-            slow, now=clock.now(), worker="slow", lease=timedelta(minutes=2), limit=10
-        )
-        slow.commit()
+    [row_id] = claim_as("slow", clock)
     clock.advance(minutes=3)
     monkeypatch.setitem(HANDLERS, FLAKY, Registration(count_effect, why="works now"))
     work(app, "other")
@@ -821,9 +813,7 @@ def test_replay_events_stuck_takes_up_events_no_worker_is_getting_on_with(
     never_claimed, abandoned, fresh = make_event(), make_event(), make_event()
     deliver(client, never_claimed, clock)
     deliver(client, abandoned, clock)
-    with db.new_session() as dying:
-        store.claim_due(dying, now=clock.now(), worker="dies", lease=timedelta(minutes=2), limit=10)
-        dying.commit()
+    claim_as("dies", clock)
     clock.advance(minutes=2)
     deliver(client, fresh, clock)
 
@@ -850,9 +840,7 @@ def test_replay_events_leaves_alone_an_event_a_live_worker_holds(
 ) -> None:
     event = make_event()
     deliver(client, event, clock)
-    with db.new_session() as busy:
-        store.claim_due(busy, now=clock.now(), worker="busy", lease=timedelta(minutes=2), limit=10)
-        busy.commit()
+    claim_as("busy", clock)
     result = replay(runner, "--id", event["id"])
     assert result.exit_code == 0, result.output
     assert f"{event['id']} {COUNTED}: a worker has it" in result.output

@@ -118,6 +118,17 @@ def wait_until(ready: Callable[[], bool], process: subprocess.Popen[str], what: 
         time.sleep(0.02)
 
 
+def kill_in_the_handler(database_url: str, clock: FixedClock, workdir: Path) -> None:
+    """Start a worker process named ``doomed`` and SIGKILL it once it is inside a handler."""
+    marker = workdir / "in-the-handler"
+    doomed = spawn(database_url, clock, "doomed", workdir, hang_marker=marker)
+    try:
+        wait_until(marker.exists, doomed, "the handler")
+    finally:
+        kill(doomed)
+    assert doomed.returncode == -signal.SIGKILL
+
+
 def test_a_worker_killed_in_the_middle_of_a_handler_leaves_its_event_to_be_handled_later_once(
     app: Flask,
     database_url: str,
@@ -127,13 +138,7 @@ def test_a_worker_killed_in_the_middle_of_a_handler_leaves_its_event_to_be_handl
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     [event_id] = stored_events(session, worker_process.HANG, 1, clock)
-    marker = tmp_path / "in-the-handler"
-    doomed = spawn(database_url, clock, "doomed", tmp_path, hang_marker=marker)
-    try:
-        wait_until(marker.exists, doomed, "the handler")
-    finally:
-        kill(doomed)
-    assert doomed.returncode == -signal.SIGKILL
+    kill_in_the_handler(database_url, clock, tmp_path)
 
     session.expire_all()
     row = store.by_stripe_id(session, event_id)
@@ -165,12 +170,7 @@ def test_an_event_stuck_with_a_killed_worker_is_listed_and_replayed_by_replay_ev
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     [event_id] = stored_events(session, worker_process.HANG, 1, clock)
-    marker = tmp_path / "in-the-handler"
-    doomed = spawn(database_url, clock, "doomed", tmp_path, hang_marker=marker)
-    try:
-        wait_until(marker.exists, doomed, "the handler")
-    finally:
-        kill(doomed)
+    kill_in_the_handler(database_url, clock, tmp_path)
     monkeypatch.setitem(
         HANDLERS, worker_process.HANG, Registration(worker_process.count_effect, why="fixed")
     )

@@ -1,8 +1,8 @@
-"""The baseline: a bare Flask endpoint returning a JSON dict the size of an entitlement answer."""
+"""The baselines: bare Flask endpoints answering like the entitlement API and the webhook intake."""
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
 app = Flask(__name__)
@@ -20,3 +20,10 @@ def entitlement(reader_id: str) -> ResponseReturnValue:
         group_id=None,
         checked_at="2026-11-25T09:00:00Z",
     )
+
+
+@app.post("/webhooks/stripe")
+def webhook() -> ResponseReturnValue:
+    """Read the body and answer as Tollgate's intake does, storing nothing (the intake's baseline)."""
+    request.get_data()
+    return jsonify(received=True, outcome="stored")

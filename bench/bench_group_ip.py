@@ -167,7 +167,7 @@ def main() -> None:
         best_reader, best_ip = max(reader_rates), max(ip_rates)
         best_reader, best_ip = max(reader_rates), max(ip_rates)
 
-        _client, key = api_clients.create(
+        _client, key, _token_key = api_clients.create(
             session,
             name="bench",
             scopes=[api_clients.SCOPE_ENTITLEMENTS_READ],

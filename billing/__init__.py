@@ -100,8 +100,7 @@ def _register_blueprints(app: Flask) -> None:
     mount_api(app)
     import webhooks
 
-    app.register_blueprint(webhooks.bp)
-    csrf.exempt(webhooks.bp)
+    webhooks.mount(app)
 
 
 def _security_headers_for(app: Flask) -> list[tuple[str, str]]:

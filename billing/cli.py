@@ -635,23 +635,66 @@ def api_client_revoke(client_id: str) -> None:
 # Webhook events ------------------------------------------------------------------------------
 
 
+@billing_cli.command("worker")
+@click.option("--once", is_flag=True, help="Handle everything due now, then exit (for cron).")
+def worker(once: bool) -> None:
+    """Handle stored Stripe events and send outbox mails, with retries; until stopped (SIGTERM or
+    Ctrl-C finish the current item first). Run several on PostgreSQL, one on SQLite."""
+    import signal
+    import threading
+
+    from billing.worker import Worker
+
+    runner = Worker(current_app._get_current_object())  # type: ignore[attr-defined]
+    if once:
+        tally = runner.run_once()
+        click.echo(f"Worker {runner.name}: {tally.summary()}.")
+        return
+    stop = threading.Event()
+
+    def finish(signum: int, _frame: object) -> None:
+        click.echo(f"Worker {runner.name}: {signal.Signals(signum).name}, stopping.")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, finish)
+    click.echo(f"Worker {runner.name} started.")
+    runner.run_forever(stop)
+    click.echo(f"Worker {runner.name} stopped.")
+
+
+_REPLAY_CHOICES = "exactly one of --failed, --dead, --stuck or --id"
+
+
 @billing_cli.command("replay-events")
-@click.option("--failed", is_flag=True, help="Replay every stored event whose handling failed.")
+@click.option("--failed", is_flag=True, help="Events whose last attempt failed (waiting to retry).")
+@click.option("--dead", is_flag=True, help="Events given up on (out of attempts, or unhandleable).")
+@click.option(
+    "--stuck",
+    is_flag=True,
+    help="Events no worker is getting on with: a claim whose lease expired, or never claimed.",
+)
 @click.option(
     "--id", "stripe_event_id", metavar="EVT", help="Replay the stored event with this Stripe id."
 )
-def replay_events(failed: bool, stripe_event_id: str | None) -> None:
-    """Handle stored Stripe events again, as the webhook does: the failed ones, or one by id.
+def replay_events(failed: bool, dead: bool, stuck: bool, stripe_event_id: str | None) -> None:
+    """Handle stored Stripe events again now, as the worker does, whatever their schedule.
 
     Each event is handled in its own transaction; an event already processed (or ignored) is a
-    no-op. Exits with status 1 when an event still fails (its error is recorded again).
+    no-op, one a live worker holds is left to it. Exits with status 1 when an event still fails
+    (its error is recorded again; an event out of attempts, or replayed from dead, stays dead).
     """
+    from billing.leases import RetryPolicy
     from billing.models import WebhookEvent, WebhookEventStatus
+    from billing.worker import replay, worker_name
     from webhooks import store
-    from webhooks.process import Outcome, process
+    from webhooks.process import Outcome
 
-    if failed == (stripe_event_id is not None):
-        raise click.UsageError("Give exactly one of --failed or --id EVT.")
+    if [failed, dead, stuck, stripe_event_id is not None].count(True) != 1:
+        raise click.UsageError(f"Give {_REPLAY_CHOICES}.")
+    policy = RetryPolicy.from_config(dict(current_app.config))
+    now = current_clock().now()
+    label = "failed" if failed else "dead" if dead else "stuck"
     with db.new_session() as session:
         if stripe_event_id is not None:
             row = store.by_stripe_id(session, stripe_event_id)
@@ -665,31 +708,44 @@ def replay_events(failed: bool, stripe_event_id: str | None) -> None:
                 return
             events = [(row.id, row.stripe_event_id, row.type)]
         else:
+            condition = (
+                store.stuck(now, policy.lease)
+                if stuck
+                else WebhookEvent.status
+                == (WebhookEventStatus.FAILED if failed else WebhookEventStatus.DEAD)
+            )
             found = session.execute(
                 select(WebhookEvent.id, WebhookEvent.stripe_event_id, WebhookEvent.type)
-                .where(WebhookEvent.status == WebhookEventStatus.FAILED)
+                .where(condition)
                 .order_by(WebhookEvent.stripe_created_at, WebhookEvent.id)
             )
             events = [(r.id, r.stripe_event_id, r.type) for r in found]
             if not events:
-                click.echo("No failed events to replay.")
+                click.echo(f"No {label} events to replay.")
                 return
-            click.echo(f"Replaying {len(events)} failed event(s).")
+            click.echo(f"Replaying {len(events)} {label} event(s).")
     gateway = current_app.extensions["stripe_gateway"]
+    name = f"replay:{worker_name()}"
     counts = dict.fromkeys(Outcome, 0)
+    busy = 0
     for position, (row_id, event_id, event_type) in enumerate(events, start=1):
-        outcome = process(row_id, gateway)
+        outcome = replay(row_id, gateway, policy=policy, worker=name)
+        if outcome is None:
+            busy += 1
+            click.echo(f"  [{position}/{len(events)}] {event_id} {event_type}: a worker has it")
+            continue
         counts[outcome] += 1
         line = f"  [{position}/{len(events)}] {event_id} {event_type}: {outcome.value}"
-        if outcome == Outcome.FAILED:
+        if outcome in (Outcome.FAILED, Outcome.DEAD):
             with db.new_session() as session:
                 line += f": {session.get_one(WebhookEvent, row_id).last_error}"
         click.echo(line)
     click.echo(
         f"Done: {counts[Outcome.PROCESSED]} processed, {counts[Outcome.IGNORED]} ignored, "
-        f"{counts[Outcome.DUPLICATE]} already done, {counts[Outcome.FAILED]} failed."
+        f"{counts[Outcome.DUPLICATE] + busy} already done or in hand, "
+        f"{counts[Outcome.FAILED]} failed, {counts[Outcome.DEAD]} dead."
     )
-    if counts[Outcome.FAILED]:
+    if counts[Outcome.FAILED] or counts[Outcome.DEAD]:
         raise click.exceptions.Exit(1)
 
 

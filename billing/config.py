@@ -68,7 +68,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SMTP_URL",
         "",
-        "`smtp://user:pass@host:587` (STARTTLS) or `smtps://...`; empty: mail goes to the console and the dev outbox",
+        "`smtp://user:pass@host:587` (STARTTLS) or `smtps://...`; empty: the worker prints mail to the console (the dev outbox page shows every mail)",
     ),
     Setting("MAIL_FROM", "Tollgate <no-reply@example.org>", "sender of every mail"),
     Setting(
@@ -227,6 +227,52 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "the ECB's `eurofxref-hist.csv` for the VAT report; empty: the reviewed copy in `billing/data/`",
     ),
+    Setting(
+        "STRIPE_CONNECT_TIMEOUT",
+        "2",
+        "seconds to wait for a connection to Stripe (each try; keep (connect + read) x (retries + 1) under gunicorn's `--timeout`)",
+    ),
+    Setting(
+        "STRIPE_READ_TIMEOUT",
+        "5",
+        "seconds to wait for each answer from Stripe before the call counts as failed (and is retried)",
+    ),
+    Setting(
+        "SMTP_TIMEOUT",
+        "10",
+        "seconds to wait for the SMTP server to connect and to answer each command",
+    ),
+    Setting(
+        "WORKER_MAX_ATTEMPTS",
+        "12",
+        "attempts at a webhook event or a mail before it is dead (kept, counted, replayable)",
+    ),
+    Setting(
+        "WORKER_RETRY_BASE",
+        "10",
+        "seconds before the first retry of a failed event or mail; doubled after each failure",
+    ),
+    Setting("WORKER_RETRY_CAP", "3600", "the longest wait in seconds between two retries"),
+    Setting(
+        "WORKER_LEASE",
+        "120",
+        "seconds a worker holds what it claimed; a killed worker's events and mails are taken over after this",
+    ),
+    Setting(
+        "WORKER_POLL_INTERVAL",
+        "1",
+        "seconds an idle worker waits before looking for new events and mails again",
+    ),
+    Setting(
+        "WEBHOOK_MAX_BYTES",
+        "262144",
+        "largest webhook body read (before its signature is checked); larger ones are answered 413",
+    ),
+    Setting(
+        "READYZ_TIMEOUT",
+        "2",
+        "seconds `/readyz` waits for the database before answering 503",
+    ),
 )
 BRAND_SETTINGS = (
     "PUBLICATION_NAME",
@@ -314,6 +360,16 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "VIES_TIMEOUT": number("VIES_TIMEOUT", float),
         **{name: get(name).strip() for name in BRAND_SETTINGS},
         "ECB_RATES_FILE": get("ECB_RATES_FILE"),
+        "STRIPE_CONNECT_TIMEOUT": number("STRIPE_CONNECT_TIMEOUT", float),
+        "STRIPE_READ_TIMEOUT": number("STRIPE_READ_TIMEOUT", float),
+        "SMTP_TIMEOUT": number("SMTP_TIMEOUT", float),
+        "WORKER_MAX_ATTEMPTS": number("WORKER_MAX_ATTEMPTS"),
+        "WORKER_RETRY_BASE": number("WORKER_RETRY_BASE", float),
+        "WORKER_RETRY_CAP": number("WORKER_RETRY_CAP", float),
+        "WORKER_LEASE": number("WORKER_LEASE", float),
+        "WORKER_POLL_INTERVAL": number("WORKER_POLL_INTERVAL", float),
+        "WEBHOOK_MAX_BYTES": number("WEBHOOK_MAX_BYTES"),
+        "READYZ_TIMEOUT": number("READYZ_TIMEOUT", float),
         "SESSION_COOKIE_SECURE": production,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -55,6 +55,29 @@ def init_app(app: Flask) -> None:
     app.teardown_appcontext(close_session)
 
 
+def ping(timeout: float) -> None:
+    """Run ``SELECT 1`` on a connection of its own, giving up after about ``timeout`` seconds
+    (connecting included); raise :class:`sqlalchemy.exc.SQLAlchemyError` when it fails."""
+    from sqlalchemy import text
+    from sqlalchemy.pool import NullPool
+
+    url = normalise_url(current_app.config["DATABASE_URL"])
+    if url.startswith("sqlite"):
+        connect_args: dict[str, Any] = {"timeout": timeout}
+    else:
+        # libpq counts whole seconds, and at least 2.
+        connect_args = {
+            "connect_timeout": max(2, round(timeout)),
+            "options": f"-c statement_timeout={int(timeout * 1000)}",
+        }
+    probe = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with probe.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        probe.dispose()
+
+
 def engine() -> Engine:
     """The current app's engine."""
     return current_app.extensions["db_engine"]  # type: ignore[no-any-return]

@@ -998,16 +998,22 @@ class StripeGateway:
     def from_config(cls, config: Mapping[str, Any]) -> StripeGateway:
         """A gateway for the settings ``STRIPE_SECRET_KEY`` (required) and ``STRIPE_API_BASE``
         (localstripe's :data:`LOCALSTRIPE_API_BASE` when absent); ``STRIPE_MAX_NETWORK_RETRIES``
-        (default 2) is optional."""
+        (default 2), ``STRIPE_CONNECT_TIMEOUT`` (2 s) and ``STRIPE_READ_TIMEOUT`` (5 s) are optional:
+        a call that gets no connection or no answer in time fails as unavailable."""
         secret_key = str(config.get("STRIPE_SECRET_KEY") or "")
         if not secret_key:
             raise ValueError("STRIPE_SECRET_KEY is not set")
         api_base = str(config.get("STRIPE_API_BASE") or LOCALSTRIPE_API_BASE).rstrip("/")
+        timeouts = (
+            float(config.get("STRIPE_CONNECT_TIMEOUT", 2)),
+            float(config.get("STRIPE_READ_TIMEOUT", 5)),
+        )
         client = stripe.StripeClient(
             secret_key,
             base_addresses={"api": api_base},
             stripe_version=STRIPE_API_VERSION,
             max_network_retries=int(config.get("STRIPE_MAX_NETWORK_RETRIES", 2)),
+            http_client=stripe.RequestsClient(timeout=timeouts),
         )
         return cls(client, api_base=api_base)
 

@@ -12,7 +12,9 @@ Run it from the repository root as ``.venv/bin/python scripts/dev.py``. In order
    ``STRIPE_WEBHOOK_SECRETS`` secret (localstripe forgets endpoints when it stops and sends each
    event once, so this happens on every start, once the app can receive them), and runs
    ``flask billing reconcile`` (events sent while the app was down are lost otherwise);
-4. serves the demo newspaper on 127.0.0.1:5001; prints the addresses and the demo logins.
+4. starts the worker (``flask billing worker``), which handles the stored webhook events and
+   sends the outbox's mails (printed under its name, ``worker``);
+5. serves the demo newspaper on 127.0.0.1:5001; prints the addresses and the demo logins.
 
 Every child runs in a process group of its own, its output prefixed with its name. Ctrl-C (or
 SIGTERM, or the terminal closing) stops them all, the app first and localstripe last, each
@@ -170,6 +172,7 @@ class Launcher:
         # Only now: localstripe sends each event once, so the app must be there to receive it.
         self.register_webhook()
         self.flask_step("billing", "reconcile", check=False)
+        self.start_worker()
         self.start_newspaper()
         self.print_welcome()
         self.supervise()
@@ -274,6 +277,11 @@ class Launcher:
         child = Child("app", [*argv, "--host", HOST, "--port", str(APP_PORT)], cwd=REPO)
         self.services.append(child)
         self._wait_healthy(child, f"{APP_URL}/healthz")
+
+    def start_worker(self) -> None:
+        """Start the worker: webhook events and mails are handled there, never in a request."""
+        argv = [sys.executable, "-m", "flask", "--app", "app", "billing", "worker"]
+        self.services.append(Child("worker", argv, cwd=REPO))
 
     def start_newspaper(self) -> None:
         """Serve the demo newspaper, when it exists."""

@@ -18,6 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
+from billing import db
 from billing.cli import DEMO_PLANS
 from billing.gateway import StripeGateway
 from billing.models import (
@@ -31,6 +32,7 @@ from billing.models import (
     Subscription,
     SubscriptionEvent,
     WebhookEvent,
+    WebhookEventStatus,
 )
 from billing.services import payments
 from tests import factories
@@ -147,6 +149,28 @@ def post_event(
         headers={"Stripe-Signature": sign(body, secret, int(now.timestamp()))},
         content_type="application/json",
     )
+
+
+def deliver_and_handle(
+    client: FlaskClient,
+    stripe_event: dict[str, Any],
+    *,
+    now: datetime,
+    secret: str = WEBHOOK_SECRET,
+) -> WebhookEventStatus:
+    """Deliver ``stripe_event`` as Stripe would, let a worker handle everything due (as
+    ``flask billing worker --once``), and return where the event stands afterwards."""
+    from billing.worker import Worker
+
+    response = post_event(client, stripe_event, now=now, secret=secret)
+    assert response.status_code == 200, response.get_json()
+    Worker(client.application).run_once()
+    with db.new_session() as fresh:
+        status = fresh.scalar(
+            select(WebhookEvent.status).where(WebhookEvent.stripe_event_id == stripe_event["id"])
+        )
+    assert status is not None
+    return status
 
 
 def forget_the_mirror(session: Session) -> None:

@@ -25,6 +25,7 @@ points the store at a file in the process's own pytest temporary directory and, 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,17 @@ class LocalstripeServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+    @contextmanager
+    def stalled(self) -> Iterator[None]:
+        """Freeze the server (SIGSTOP) for the block: it accepts connections and never answers,
+        as a Stripe in trouble does; it carries on (SIGCONT) afterwards, whatever happens."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
 
     def request(self, method: str, path: str, fields: dict[str, Any] | None = None) -> Any:
         """Send one request to the server (form-encoded, nested fields as Stripe writes them) and

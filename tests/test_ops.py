@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
@@ -13,6 +16,7 @@ from billing.clock import FixedClock
 from billing.config import DEV_WEBHOOK_SECRET as TEST_WEBHOOK_SECRET
 from billing.config import from_env
 from billing.services import api_clients
+from billing.worker import Worker
 from tests import factories
 from webhooks.verify import sign
 
@@ -33,6 +37,35 @@ def test_readyz_answers_503_when_the_database_is_unreachable(app_config: dict[st
     assert response.status_code == 503
     assert response.get_json()["database"] == "unreachable"
     broken.extensions["db_engine"].dispose()
+
+
+def test_healthz_answers_without_touching_the_database(app_config: dict[str, Any]) -> None:
+    broken = create_app({**app_config, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    assert broken.test_client().get("/healthz").get_json() == {"status": "ok"}
+    broken.extensions["db_engine"].dispose()
+
+
+def test_readyz_gives_up_on_a_database_that_accepts_and_never_answers(
+    app_config: dict[str, Any],
+) -> None:
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)  # connections are accepted by the kernel, and never answered
+        port = black_hole.getsockname()[1]
+        stalled = create_app(
+            {
+                **app_config,
+                "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{port}/none",
+                "READYZ_TIMEOUT": 1,
+            }
+        )
+        started = time.monotonic()
+        response = stalled.test_client().get("/readyz")
+        waited = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "unavailable", "database": "unreachable"}
+    assert waited < 10, f"libpq's 2 s minimum, not the kernel's minutes: waited {waited:.1f} s"
+    stalled.extensions["db_engine"].dispose()
 
 
 def test_metrics_are_exposed_for_prometheus(client: FlaskClient) -> None:
@@ -88,18 +121,30 @@ def _counter(client: FlaskClient, sample: str) -> float:
     return 0.0
 
 
-def test_metrics_count_the_stripe_events_handled(client: FlaskClient, clock: FixedClock) -> None:
-    sample = 'tollgate_webhook_events_total{outcome="ignored",type="tollgate.test.metrics"}'
-    before = _counter(client, sample)
+def test_metrics_count_the_stripe_deliveries_and_the_workers_attempts(
+    app: Flask, client: FlaskClient, clock: FixedClock
+) -> None:
+    stored = 'tollgate_webhook_deliveries_total{outcome="stored"}'
+    duplicate = 'tollgate_webhook_deliveries_total{outcome="duplicate"}'
+    ignored = 'tollgate_webhook_events_total{outcome="ignored",type="tollgate.test.metrics"}'
+    before = {sample: _counter(client, sample) for sample in (stored, duplicate, ignored)}
     event = json.dumps(
-        {"id": "evt_metrics", "type": "tollgate.test.metrics", "created": 1, "data": {"object": {}}}
+        {
+            "id": "evt_metrics",
+            "type": "tollgate.test.metrics",
+            "created": int(clock.now().timestamp()),
+            "data": {"object": {}},
+        }
     ).encode()
     header = sign(event, TEST_WEBHOOK_SECRET, int(clock.now().timestamp()))
     for _ in range(2):
         client.post("/webhooks/stripe", data=event, headers={"Stripe-Signature": header})
-    assert _counter(client, sample) == before + 1
-    duplicate = 'tollgate_webhook_events_total{outcome="duplicate",type="tollgate.test.metrics"}'
-    assert _counter(client, duplicate) >= 1
+    assert _counter(client, stored) == before[stored] + 1
+    assert _counter(client, duplicate) == before[duplicate] + 1
+    assert _counter(client, 'tollgate_webhook_events_backlog{status="received"}') == 1
+    Worker(app).run_once()
+    assert _counter(client, ignored) == before[ignored] + 1
+    assert _counter(client, 'tollgate_webhook_events_backlog{status="received"}') == 0
 
 
 def test_metrics_count_the_api_decisions_by_reason(client: FlaskClient, session: Session) -> None:

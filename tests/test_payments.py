@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from billing.clock import FixedClock
 from billing.errors import ValidationFailed
 from billing.gateway import StripeGateway
+from billing.leases import RetryPolicy
 from billing.models import (
     AuditLog,
     Invoice,
@@ -89,17 +90,22 @@ def decide(reader: Reader, session: Session, clock: FixedClock) -> entitlements.
 def handle(
     app: Flask, event_type: str, stripe_object: dict[str, Any], clock: FixedClock
 ) -> Outcome:
-    """Store and handle a Stripe event as the webhook does (without the HTTP part)."""
+    """Store a Stripe event as the webhook does (without the HTTP part), then have a worker
+    claim and handle it."""
+    policy = RetryPolicy.from_config(dict(app.config))
     session = app.extensions["db_sessionmaker"]()
     try:
-        row = store.store(
+        row_id, _new = store.store(
             session, event(event_type, stripe_object, created=clock.now()), now=clock.now()
         )
+        claimed = store.claim_for_replay(
+            session, row_id, now=clock.now(), worker="test-worker", lease=policy.lease
+        )
         session.commit()
-        row_id = row.id
+        assert claimed
     finally:
         session.close()
-    return process(row_id, app.extensions["stripe_gateway"])
+    return process(row_id, app.extensions["stripe_gateway"], worker="test-worker", policy=policy)
 
 
 def test_subscribing_without_a_trial_starts_at_once_and_mirrors_the_paid_invoice(

@@ -20,6 +20,7 @@ from billing.devstripe_billing import card_problem, luhn_ok, pdf_document
 from billing.gateway import GatewayError, StripeGateway
 from billing.models import Customer, Invoice, InvoiceStatus, Plan, Reader
 from billing.services import notices, payments
+from billing.worker import Worker
 from tests.payments_support import (
     MASTERCARD,
     forget_the_mirror,
@@ -137,6 +138,8 @@ def test_every_money_event_mails_the_reader_once_in_the_publications_brand(
     notices.password_changed(session, reader, now=now)
     notices.email_changed(session, reader, old_email="old.anna@example.org", now=now)
     session.commit()
+    Worker(app).run_once()
+    Worker(app).run_once()  # a second pass sends nothing again
 
     messages = collector.messages()
     subjects = [m["Subject"] for m in messages]
@@ -330,6 +333,7 @@ def test_reconciling_old_invoices_into_an_empty_mirror_mails_no_receipts(
     collector, _ = smtp_server
     payments.subscribe(session, gateway, reader, MONTHLY, now=clock.now())
     session.commit()
+    Worker(app).run_once()
     receipts = [m for m in collector.messages() if m["Subject"].startswith("Your receipt")]
     assert len(receipts) == 1
     forget_the_mirror(session)
@@ -339,5 +343,6 @@ def test_reconciling_old_invoices_into_an_empty_mirror_mails_no_receipts(
 
     assert result.exit_code == 0, result.output
     assert session.scalars(select(Invoice)).one().status == InvoiceStatus.PAID
+    Worker(app).run_once()
     receipts = [m for m in collector.messages() if m["Subject"].startswith("Your receipt")]
     assert len(receipts) == 1, "an old payment seen again is not receipted again"

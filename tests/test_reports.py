@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
-from billing.models import InvoiceStatus, TrialStatus
+from billing.models import InvoiceStatus, MailStatus, TrialStatus
 from billing.models import SubscriptionEventKind as Kind
 from billing.services import reports
 from billing.services.reports import movements, vat
@@ -272,6 +272,10 @@ def test_the_dunning_report_lists_past_due_subscriptions_with_the_amount_at_risk
     history.invoice(session, owner, at(11, 1), 1200, 208, sub=sub, status=InvoiceStatus.OPEN)
     session.add(
         OutboxMessage(
+            key="payment-failed-test",
+            template="payment_failed",
+            created_at=CLOCK_NOW - timedelta(days=4),
+            status=MailStatus.SENT,
             sent_at=CLOCK_NOW - timedelta(days=4),
             to=owner.email,
             subject="Your payment failed",

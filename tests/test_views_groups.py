@@ -165,6 +165,9 @@ def test_seats_change_on_stripe_after_the_price_difference_is_shown_never_below_
 ) -> None:
     group = _group_by_invoice(client, session, gateway)
     show = f"/groups/{group.public_id}"
+    # Paid first: a subscription enters the ledger with its first payment.
+    paid = client.post(f"{show}/dev/bank-transfer", data={"csrf_token": csrf_token(client, show)})
+    assert paid.status_code == 302
     preview = post_form(client, f"{show}/seats", {"seats": "5"})
     page = preview.get_data(as_text=True)
     assert "From 3 to 5 seats" in page and "192.00" in page  # 2 seats for the (whole) year

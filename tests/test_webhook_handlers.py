@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from billing import db
 from billing.clock import FixedClock
 from billing.gateway import StripeDisputeData, StripeGateway
+from billing.leases import RetryPolicy
 from billing.models import (
     Customer,
     Dispute,
@@ -31,12 +33,14 @@ from billing.models import (
     WebhookEventStatus,
 )
 from billing.services import payments
+from billing.worker import Worker
 from tests import factories
 from tests.browser import LiveServer
 from tests.conftest import Outbox
 from tests.payments_support import (
     DECLINED_ON_CHARGE,
     WEBHOOK_SECRET,
+    deliver_and_handle,
     event,
     forget_the_mirror,
     ledger,
@@ -50,6 +54,8 @@ from tests.stripe_server import LocalstripeServer
 from webhooks import store
 from webhooks.process import Outcome, process
 from webhooks.registry import HANDLERS, handler_for
+
+PROCESSED = WebhookEventStatus.PROCESSED
 
 pytestmark = pytest.mark.usefixtures("stripe")
 
@@ -154,8 +160,22 @@ def test_every_event_type_we_rely_on_has_a_handler_with_a_reason() -> None:
     assert all(registration.why.strip() for registration in HANDLERS.values())
 
 
+@pytest.fixture
+def background_worker(app: Flask) -> Iterator[Worker]:
+    """A worker handling stored events in a thread, as ``flask billing worker`` beside the app."""
+    app.config["WORKER_POLL_INTERVAL"] = 0.05
+    worker = Worker(app, name="background")
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
+    thread.start()
+    yield worker
+    stop.set()
+    thread.join(timeout=30)
+
+
 def test_localstripe_deliveries_mirror_a_subscription_made_behind_our_back_until_it_ends(
     live_server: LiveServer,
+    background_worker: Worker,
     stripe: LocalstripeServer,
     plans: dict[str, Plan],
     reader: Reader,
@@ -206,7 +226,7 @@ def test_a_failed_renewal_reported_by_stripe_makes_it_past_due_and_mails_the_rea
     now = clock.now()
     subscription_id = subscribe_behind_our_back(gateway, reader, plans[MONTHLY])
     created = event("customer.subscription.created", {"id": subscription_id}, created=now)
-    assert post_event(client, created, now=now).status_code == 200
+    assert deliver_and_handle(client, created, now=now) == PROCESSED
     assert reader.customer is not None
     gateway.attach_default_payment_method(
         reader.customer.stripe_id, stripe.create_card(DECLINED_ON_CHARGE)
@@ -221,8 +241,9 @@ def test_a_failed_renewal_reported_by_stripe_makes_it_past_due_and_mails_the_rea
         ("customer.subscription.updated", {"id": subscription_id}),
         ("invoice.payment_failed", {"id": failing}),
     ):
-        response = post_event(client, event(event_type, stripe_object, created=now), now=now)
-        assert response.get_json()["outcome"] == "processed"
+        assert deliver_and_handle(
+            client, event(event_type, stripe_object, created=now), now=now
+        ) == (PROCESSED)
 
     subscription = session.scalars(select(Subscription)).one()
     assert (subscription.status, subscription.past_due_since) == (SubscriptionStatus.PAST_DUE, now)
@@ -259,9 +280,7 @@ def test_signed_events_of_types_localstripe_never_sends_bring_the_mirror_to_the_
     refunded = event("charge.refunded", {"id": refund.charge_id}, created=now)
     trial_ends = event("customer.subscription.trial_will_end", {"id": subscription_id}, created=now)
     for stripe_event in (updated, paid, refunded, trial_ends):
-        response = post_event(client, stripe_event, now=now)
-        assert response.status_code == 200, response.get_json()
-        assert response.get_json()["outcome"] == "processed"
+        assert deliver_and_handle(client, stripe_event, now=now) == PROCESSED
 
     subscription = session.scalars(select(Subscription)).one()
     assert (subscription.status, subscription.cancel_at_period_end) == (
@@ -281,8 +300,9 @@ def test_signed_events_of_types_localstripe_never_sends_bring_the_mirror_to_the_
         ("refunded", 1200, 1200),
     ]
     again = event("charge.refunded", {"id": refund.charge_id}, created=now)
-    assert post_event(client, again, now=now).status_code == 200
+    assert deliver_and_handle(client, again, now=now) == PROCESSED
     assert post_event(client, updated, now=now).get_json()["outcome"] == "duplicate"
+    Worker(client.application).run_once()
     assert len(ledger(session)) == 3, "the same facts delivered again change nothing"
 
 
@@ -310,8 +330,8 @@ def test_any_order_of_a_subscriptions_lifecycle_events_ends_in_the_same_mirror_a
         forget_the_mirror(session)
         deliveries = order + order if position == 0 else order  # the first: every fact twice
         for event_type, stripe_object in deliveries:
-            response = post_event(client, event(event_type, stripe_object, created=now), now=now)
-            assert response.get_json()["outcome"] == "processed", (order, response.get_json())
+            stripe_event = event(event_type, stripe_object, created=now)
+            assert deliver_and_handle(client, stripe_event, now=now) == PROCESSED, order
         outcomes.append(mirror_state(session))
 
     assert len(outcomes) == 24
@@ -362,9 +382,7 @@ def test_events_about_objects_that_are_not_ours_are_acknowledged_and_ignored(
     assert foreign["status"] == "active" and foreign["latest_invoice"]
     events.append(event("invoice.paid", {"id": foreign["latest_invoice"]}, created=now))
     for stripe_event in events:
-        response = post_event(client, stripe_event, now=now)
-        assert response.status_code == 200
-        assert stored_status(session, stripe_event) == WebhookEventStatus.PROCESSED
+        assert deliver_and_handle(client, stripe_event, now=now) == PROCESSED
 
     assert session.scalars(select(Customer)).all() == []
     assert session.scalars(select(Subscription)).all() == []
@@ -392,16 +410,16 @@ def test_a_subscription_event_before_its_customer_is_linked_is_resolved_from_met
     )
     created = event("customer.subscription.created", {"id": subscription.id}, created=now)
 
-    response = post_event(client, created, now=now)
+    status = deliver_and_handle(client, created, now=now)
 
-    assert response.status_code == 500, "no such reader yet: Stripe must retry, not forget it"
-    assert stored_status(session, created) == WebhookEventStatus.FAILED
+    assert status == WebhookEventStatus.FAILED, "no such reader yet: retried, not forgotten"
     assert session.scalars(select(Subscription)).all() == []
 
     reader = factories.reader(public_id=public_id, email="later@example.org")
-    retried = post_event(client, created, now=now)
-
-    assert retried.get_json()["outcome"] == "processed"
+    session.commit()
+    clock.advance(seconds=float(client.application.config["WORKER_RETRY_BASE"]))
+    assert Worker(client.application).run_once().events == {Outcome.PROCESSED: 1}
+    assert stored_status(session, created) == PROCESSED
     mirrored = session.scalars(select(Subscription)).one()
     assert (mirrored.reader_id, mirrored.customer.reader_id) == (reader.id, reader.id)
     assert mirrored.customer.stripe_id == customer.id
@@ -421,14 +439,12 @@ def test_a_customer_deleted_on_stripe_is_marked_deleted_and_the_event_not_retrie
     stripe.request("DELETE", f"/v1/customers/{stripe_id}")
     deleted = event("customer.deleted", {"id": stripe_id}, created=now)
 
-    response = post_event(client, deleted, now=now)
-
-    assert response.get_json()["outcome"] == "processed"
+    assert deliver_and_handle(client, deleted, now=now) == PROCESSED
     session.expire_all()
     customer = session.scalars(select(Customer)).one()
     assert customer.deleted_at == now
     gone = event("customer.subscription.deleted", {"id": "sub_gone"}, created=now)
-    assert post_event(client, gone, now=now).get_json()["outcome"] == "processed"
+    assert deliver_and_handle(client, gone, now=now) == PROCESSED
 
 
 @pytest.mark.postgres_only
@@ -449,22 +465,35 @@ def test_two_events_about_a_new_subscription_handled_at_the_same_moment_create_i
         ("invoice.payment_succeeded", {"id": invoice_id}),
     ]
 
+    policy = RetryPolicy.from_config(dict(app.config))
     for _ in range(4):
         forget_the_mirror(session)
-        rows = [
-            store.store(session, event(kind, obj, created=clock.now()), now=clock.now())
+        row_ids = [
+            store.store(session, event(kind, obj, created=clock.now()), now=clock.now())[0]
             for kind, obj in pair
         ]
         session.commit()
-        start = threading.Barrier(len(rows))
+        for position, row_id in enumerate(row_ids):
+            claimed = store.claim_for_replay(
+                session, row_id, now=clock.now(), worker=f"w{position}", lease=policy.lease
+            )
+            assert claimed
+        session.commit()
+        start = threading.Barrier(len(row_ids))
         outcomes: list[Outcome] = []
 
-        def handle(row_id: int, start: threading.Barrier, outcomes: list[Outcome]) -> None:
+        def handle(
+            position: int, row_id: int, start: threading.Barrier, outcomes: list[Outcome]
+        ) -> None:
             with app.app_context():
                 start.wait()
-                outcomes.append(process(row_id, app.extensions["stripe_gateway"]))
+                gateway = app.extensions["stripe_gateway"]
+                outcomes.append(process(row_id, gateway, worker=f"w{position}", policy=policy))
 
-        threads = [threading.Thread(target=handle, args=(row.id, start, outcomes)) for row in rows]
+        threads = [
+            threading.Thread(target=handle, args=(position, row_id, start, outcomes))
+            for position, row_id in enumerate(row_ids)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -531,10 +560,8 @@ def test_a_chargeback_is_recorded_against_its_invoice_and_closed_once(
         )
 
     disputing.disputes["dp_1"] = dispute("needs_response")
-    opened = post_event(
-        client, event("charge.dispute.created", {"id": "dp_1"}, created=now), now=now
-    )
-    assert opened.get_json()["outcome"] == "processed"
+    opened = event("charge.dispute.created", {"id": "dp_1"}, created=now)
+    assert deliver_and_handle(client, opened, now=now) == PROCESSED
     session.expire_all()
     recorded = session.scalars(select(Dispute)).one()
     assert (recorded.invoice_id, recorded.amount, recorded.status, recorded.closed_at) == (
@@ -547,7 +574,7 @@ def test_a_chargeback_is_recorded_against_its_invoice_and_closed_once(
     disputing.disputes["dp_1"] = dispute("lost")
     for _ in range(2):
         closed = event("charge.dispute.closed", {"id": "dp_1"}, created=now)
-        assert post_event(client, closed, now=now).get_json()["outcome"] == "processed"
+        assert deliver_and_handle(client, closed, now=now) == PROCESSED
         clock.advance(minutes=5)
 
     session.expire_all()

@@ -1,46 +1,71 @@
 """The event log: every verified Stripe event is stored first, under its unique Stripe id.
 
-Storing and handling are separate transactions: an event is never lost because its handler
-failed, and the unique id makes a redelivery (or a concurrent duplicate on another node) a no-op.
+The log is the worker's queue too (no second record of what has been handled): a row is
+``received`` until a worker claims it (see :mod:`billing.leases`), then ``processed`` or
+``ignored``; ``failed`` with a ``next_attempt_at`` while it is retried with backoff; ``dead`` when
+out of attempts or when its payload can never be handled. The unique id makes a redelivery (or a
+concurrent duplicate on another node) a no-op.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from billing import leases
 from billing.models import WebhookEvent, WebhookEventStatus
 
 DONE = (WebhookEventStatus.PROCESSED, WebhookEventStatus.IGNORED)
+READY = (WebhookEventStatus.RECEIVED, WebhookEventStatus.FAILED)
+"""What a worker picks up by itself (when due)."""
+NOT_DONE = (*READY, WebhookEventStatus.DEAD)
+"""What ``replay-events`` may take up by hand."""
 
 
-def store(session: Session, event: dict[str, Any], *, now: datetime) -> WebhookEvent:
-    """Insert ``event`` unless its id is already stored; return the stored row either way."""
-    existing = by_stripe_id(session, event["id"])
-    if existing is not None:
-        return existing
-    row = WebhookEvent(
-        stripe_event_id=event["id"],
-        type=str(event.get("type", "")),
-        livemode=bool(event.get("livemode", False)),
-        stripe_created_at=datetime.fromtimestamp(int(event.get("created") or now.timestamp()), UTC),
-        received_at=now,
-        payload=event,
-        status=WebhookEventStatus.RECEIVED,
+def store(
+    executor: Session | Connection,
+    event: dict[str, Any],
+    *,
+    now: datetime,
+    dead_because: str | None = None,
+) -> tuple[int, bool]:
+    """Insert ``event`` unless its id is already stored: the row's id, and whether it is new.
+
+    One ``INSERT ... ON CONFLICT DO NOTHING``: a redelivery, or a concurrent duplicate on another
+    node, inserts nothing and waits for nobody but the other insert of the same id.
+    ``dead_because`` stores it dead at once with that error (a payload no handler can use).
+    """
+    values = {
+        "stripe_event_id": event["id"],
+        "type": event["type"],
+        "livemode": bool(event.get("livemode", False)),
+        "stripe_created_at": datetime.fromtimestamp(event["created"], UTC),
+        "received_at": now,
+        "payload": event,
+        "status": WebhookEventStatus.RECEIVED if dead_because is None else WebhookEventStatus.DEAD,
+        "attempts": 0,
+        "last_error": None if dead_because is None else f"unhandleable: {dead_because}",
+    }
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    insert = pg_insert if bind.dialect.name == "postgresql" else sqlite_insert
+    new_id = executor.scalar(
+        insert(WebhookEvent)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["stripe_event_id"])
+        .returning(WebhookEvent.id)
     )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        # Another delivery of the same event stored it between our look-up and insert.
-        stored = by_stripe_id(session, event["id"])
-        assert stored is not None
-        return stored
-    return row
+    if new_id is not None:
+        return int(new_id), True
+    existing = executor.scalar(
+        select(WebhookEvent.id).where(WebhookEvent.stripe_event_id == event["id"])
+    )
+    assert existing is not None
+    return int(existing), False
 
 
 def by_stripe_id(session: Session, stripe_event_id: str) -> WebhookEvent | None:
@@ -50,18 +75,27 @@ def by_stripe_id(session: Session, stripe_event_id: str) -> WebhookEvent | None:
     )
 
 
-def claim(session: Session, event_id: int) -> bool:
-    """Lock the event for handling in this transaction; ``False`` if it was already handled.
-
-    A conditional UPDATE takes the row (or, on SQLite, the database) write lock at once, so a
-    concurrent duplicate waits here and then finds the event done.
-    """
-    result = session.execute(
-        update(WebhookEvent)
-        .where(WebhookEvent.id == event_id, WebhookEvent.status.not_in(DONE))
-        .values(attempts=WebhookEvent.attempts + 1)
+def claim_due(
+    session: Session, *, now: datetime, worker: str, lease: timedelta, limit: int
+) -> list[int]:
+    """Claim up to ``limit`` due events for ``worker`` (the caller commits); their row ids."""
+    return leases.claim_due(
+        session, WebhookEvent, READY, now=now, worker=worker, lease=lease, limit=limit
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def claim_for_replay(
+    session: Session, event_id: int, *, now: datetime, worker: str, lease: timedelta
+) -> bool:
+    """Claim one not-done event now, whatever its schedule, unless a live worker holds it."""
+    return leases.claim_one(
+        session, WebhookEvent, event_id, NOT_DONE, now=now, worker=worker, lease=lease
+    )
+
+
+def hold(session: Session, event_id: int, worker: str) -> bool:
+    """Lock the claimed event for its handling transaction (``False``: no longer ours)."""
+    return leases.hold(session, WebhookEvent, event_id, worker, DONE)
 
 
 def mark(
@@ -69,28 +103,33 @@ def mark(
     event_id: int,
     status: WebhookEventStatus,
     *,
+    worker: str,
     now: datetime,
     error: str | None = None,
-) -> None:
-    """Record the outcome of handling the event."""
-    values: dict[str, Any] = {"status": status, "last_error": error}
+    retry_at: datetime | None = None,
+) -> bool:
+    """Record the outcome of ``worker``'s attempt and end its claim (unless it lost it)."""
+    values: dict[str, Any] = {
+        "status": status,
+        "last_error": None if error is None else error[:4000],
+        "next_attempt_at": retry_at,
+    }
     if status in DONE:
         values["processed_at"] = now
-    session.execute(update(WebhookEvent).where(WebhookEvent.id == event_id).values(**values))
+    return leases.release(session, WebhookEvent, event_id, worker, DONE, **values)
 
 
-def record_failure(session: Session, event_id: int, error: str, *, now: datetime) -> None:
-    """In a fresh transaction after a rollback: count the attempt and keep the error.
-
-    Left alone when a concurrent delivery handled the event after our rollback released it:
-    marking a handled event failed would have ``replay-events`` apply it a second time.
-    """
-    session.execute(
-        update(WebhookEvent)
-        .where(WebhookEvent.id == event_id, WebhookEvent.status.not_in(DONE))
-        .values(
-            status=WebhookEventStatus.FAILED,
-            last_error=error[:4000],
-            attempts=WebhookEvent.attempts + 1,
-        )
+def stuck(now: datetime, lease: timedelta) -> Any:
+    """The condition of events no worker is getting on with: a claim whose lease ran out, or
+    received longer than a lease ago and never claimed (no worker running)."""
+    return and_(
+        WebhookEvent.status.in_(READY),
+        or_(
+            WebhookEvent.locked_until <= now,
+            and_(
+                WebhookEvent.locked_until.is_(None),
+                WebhookEvent.status == WebhookEventStatus.RECEIVED,
+                WebhookEvent.received_at <= now - lease,
+            ),
+        ),
     )

@@ -85,9 +85,25 @@ class WebhookEventStatus(StrEnum):
     """Where a received Stripe event is in its handling."""
 
     RECEIVED = "received"
+    """Stored, waiting for a worker."""
     PROCESSED = "processed"
     FAILED = "failed"
+    """The last attempt failed; the worker tries again at ``next_attempt_at``."""
     IGNORED = "ignored"
+    DEAD = "dead"
+    """Never tried again by itself: out of attempts, or a payload that can never be handled."""
+
+
+class MailStatus(StrEnum):
+    """Where a mail of the outbox is in its delivery."""
+
+    PENDING = "pending"
+    """Written with the change that causes it; the worker sends it after commit."""
+    SENT = "sent"
+    FAILED = "failed"
+    """The last attempt failed; the worker tries again at ``next_attempt_at``."""
+    DEAD = "dead"
+    """Out of attempts; kept with its error and counted in ``/metrics``."""
 
 
 class InvoiceStatus(StrEnum):

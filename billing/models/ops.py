@@ -1,4 +1,4 @@
-"""Operational records: Stripe webhook events, API clients, the audit log, the dev mail outbox."""
+"""Operational records: Stripe webhook events, API clients, the audit log, the mail outbox."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy import JSON, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billing.models.base import Base, enum_type, public_id_column
-from billing.models.enums import WebhookEventStatus
+from billing.models.enums import MailStatus, WebhookEventStatus
 
 
 class WebhookEvent(Base):
@@ -32,6 +32,11 @@ class WebhookEvent(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     processed_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    """When a worker may try a failed event again (exponential backoff)."""
+    locked_until: Mapped[datetime | None]
+    """The lease of the worker handling it; expired, another worker takes the event over."""
+    locked_by: Mapped[str | None] = mapped_column(String(64))
 
 
 class ApiClient(Base):
@@ -71,15 +76,29 @@ class AuditLog(Base):
 
 
 class OutboxMessage(Base):
-    """A mail as the development backend "sent" it, shown at ``/dev/outbox`` (never in production)."""
+    """A mail of the transactional outbox: written in the transaction of the change that causes
+    it, sent by the worker after commit, once (its unique ``key``). Shown at ``/dev/outbox``."""
 
-    __tablename__ = "dev_outbox"
+    __tablename__ = "mail_outbox"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    sent_at: Mapped[datetime] = mapped_column(index=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    """What makes the mail unique: a second ``send`` with the same key writes nothing."""
+    template: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(index=True)
     to: Mapped[str] = mapped_column(String(320), index=True)
     subject: Mapped[str] = mapped_column(String(300))
     body: Mapped[str] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[MailStatus] = mapped_column(
+        enum_type(MailStatus, "mail_status"), default=MailStatus.PENDING, index=True
+    )
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None]
+    locked_until: Mapped[datetime | None]
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    sent_at: Mapped[datetime | None]
 
 
 class EntitlementChange(Base):

@@ -1005,6 +1005,6 @@ def _talking_to_stripe() -> Iterator[None]:
         raise PaymentFailed(exc.message, field="card") from exc
     except GatewayUnavailableError as exc:
         raise PaymentServiceUnavailable(
-            "We cannot reach our payment provider right now. Nothing was charged; "
-            "please try again in a few minutes."
+            "Our payment provider is not answering. Nothing was charged; "
+            "please try again in a minute."
         ) from exc

@@ -121,7 +121,7 @@ def export(session: Session, reader: Reader) -> dict[str, Any]:
             for m in session.scalars(
                 select(OutboxMessage)
                 .where(OutboxMessage.to == reader.email)
-                .order_by(OutboxMessage.sent_at)
+                .order_by(OutboxMessage.created_at, OutboxMessage.id)
             )
         ],
         "activity": [

@@ -22,6 +22,7 @@ def register(app: Flask) -> None:
         staff_groups,  # noqa: F401 - adds its routes to staff.bp
         staff_reports,  # noqa: F401 - adds its routes to staff.bp
         staff_support,  # noqa: F401 - adds its routes to staff.bp
+        unavailable,
     )
 
     app.register_blueprint(ops.bp)
@@ -31,6 +32,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(payments.bp)
     app.register_blueprint(groups.bp)
     app.register_blueprint(staff.bp)
+    app.register_blueprint(unavailable.bp)
     if app.config["DEV_MODE"]:
         app.register_blueprint(dev.bp)
 

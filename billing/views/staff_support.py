@@ -132,7 +132,7 @@ def _page(reader: Reader, status: int = 200, **forms: FlaskForm) -> ResponseRetu
     mails = session.scalars(
         select(OutboxMessage)
         .where(OutboxMessage.to == reader.email)
-        .order_by(OutboxMessage.sent_at.desc(), OutboxMessage.id.desc())
+        .order_by(OutboxMessage.created_at.desc(), OutboxMessage.id.desc())
         .limit(MAILS_SHOWN)
     ).all()
     memberships = session.scalars(
@@ -360,8 +360,9 @@ def support_events() -> str:
 @guards.staff_required(*SUPPORT_ROLES)
 def support_replay(event_id: int) -> ResponseReturnValue:
     """Handle a failed Stripe event again (as ``flask billing replay-events --id`` does)."""
+    from billing.leases import RetryPolicy
     from billing.services import audit
-    from webhooks.process import process
+    from billing.worker import replay, worker_name
 
     session = db.session()
     event = session.get(WebhookEvent, event_id)
@@ -375,7 +376,14 @@ def support_replay(event_id: int) -> ResponseReturnValue:
     reason = support.check_reason(form.reason.data)
     before = event.status.value
     session.rollback()
-    outcome = process(event_id, current_app.extensions["stripe_gateway"])
+    outcome = replay(
+        event_id,
+        current_app.extensions["stripe_gateway"],
+        policy=RetryPolicy.from_config(dict(current_app.config)),
+        worker=f"support:{worker_name()}",
+    )
+    if outcome is None:
+        abort(409, "A worker is handling this event right now; look again in a moment.")
     session.expire_all()
     after = session.get_one(WebhookEvent, event_id).status
     audit.record(

@@ -3,8 +3,8 @@ risk, how many days overdue, and the last mail sent to the subscriber.
 
 Columns this report reads (renamed here only, at merge): ``subscriptions.status,
 past_due_since, current_period_start``; ``invoices.subscription_id, status, total,
-amount_paid, currency``; the mail log ``dev_outbox.to, sent_at, subject`` (the worker's outbox
-at merge).
+amount_paid, currency``; the mail outbox ``mail_outbox.to, sent_at, subject`` (mails
+actually sent).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
         at_risk = int(open_amounts.get(sub.id) or plan.monthly_amount(sub.quantity))
         last = session.execute(
             select(OutboxMessage.sent_at, OutboxMessage.subject)
-            .where(OutboxMessage.to == email)
+            .where(OutboxMessage.to == email, OutboxMessage.sent_at.is_not(None))
             .order_by(OutboxMessage.sent_at.desc(), OutboxMessage.id.desc())
             .limit(1)
         ).first()

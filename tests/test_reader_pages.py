@@ -21,6 +21,7 @@ from billing.models import ApiClient, Reader, SubscriptionStatus, TrialStatus
 from billing.services import accounts
 from tests import factories
 from tests.conftest import Outbox, post_form
+from tests.helpers import login
 from tests.test_access import access, news  # noqa: F401 - the newspaper's API client fixture
 
 BRAND = {
@@ -249,6 +250,21 @@ def test_the_offers_page_shows_the_prices_the_trial_and_when_the_first_charge_wo
     trial_end = clock.now() + timedelta(days=14)
     assert f"it runs until {trial_end.day} {trial_end:%B %Y}" in page
     assert f"first charged when it ends, on {trial_end.day} {trial_end:%B %Y}" in page
+
+
+def test_a_logged_in_reader_without_access_sees_the_prices_too(
+    client: FlaskClient,
+    news: ApiClient,  # noqa: F811 - the fixture imported above
+    session: Session,
+) -> None:
+    for code, name, kind, interval, amount in DEMO_PLANS:
+        factories.PlanFactory(code=code, name=name, kind=kind, interval=interval, amount=amount)
+    reader = factories.reader(email="lapsed@example.org")
+    session.commit()
+    login(client, reader)
+    page = html.unescape(client.get(access(news.public_id)).get_data(as_text=True))
+    assert "Your account has no access right now" in page
+    assert "€12.00 a month" in page and "€120.00 a year" in page
 
 
 def test_start_your_free_trial_goes_straight_to_sign_up_then_the_trial(

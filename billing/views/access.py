@@ -262,5 +262,6 @@ def access() -> ResponseReturnValue:
         back=back,
         days=days,
         subscribe_url=subscribe_url,
+        plans=payments.reader_plans(db.session()),
         form=ButtonForm(),
     )

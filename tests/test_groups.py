@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing import db
 from billing.clock import FixedClock
 from billing.errors import Conflict, DomainError, ValidationFailed
-from billing.models import Group, GroupInvite, GroupMembership, MembershipRole
+from billing.models import Group, GroupInvite, GroupMembership, MembershipRole, SubscriptionStatus
 from billing.services import decision_cache, groups
 from billing.services.entitlements import Reason, decide
 from billing.services.group_networks import NetworkIndex, NetworkRules, bounds, parse_network
@@ -79,6 +79,22 @@ def test_an_invited_reader_accepts_and_reads_as_the_group(
         Reason.GROUP_SEAT,
         group.public_id,
     )
+
+
+def test_a_member_whose_groups_payment_failed_beyond_the_grace_is_told_so(
+    app: Flask, session: Session, clock: FixedClock
+) -> None:
+    member = factories.reader(email="ana@org.example")
+    group = factories.group_with_seats(3, admin=member)
+    [subscription] = group.subscriptions
+    subscription.status = SubscriptionStatus.PAST_DUE
+    subscription.past_due_since = clock.now() - timedelta(days=8)
+    session.flush()
+    session.expire_all()
+
+    decision = decide(member, clock.now(), past_due_grace=timedelta(days=7))
+
+    assert (decision.granted, decision.reason) == (False, Reason.PAYMENT_FAILED)
 
 
 def test_an_invite_link_works_once(

@@ -99,6 +99,19 @@ def test_the_vat_return_splits_oss_home_reverse_charge_and_outside_eu_with_refun
     assert total[-3:-1] == (1984 - 496 + 1008, 416 - 104 + 192 - 192), "OSS due with corrections"
 
 
+def test_the_vat_return_uses_the_rate_an_invoice_was_taxed_at_not_one_guessed_from_its_cents(
+    session: Session,
+) -> None:
+    french = history.customer(session, at(9, 1), country="FR")
+    small = history.invoice(session, french, at(10, 5), 100, 2)  # 2 / 98 would read as 2.0 %
+    small.tax_rate = Decimal("2.1")
+    session.flush()
+
+    table = build(session, "vat", Q4)
+
+    assert {(r["country"], str(r["rate"])) for r in rows(table)} == {("FR", "2.1")}
+
+
 def test_a_quarter_with_nothing_sold_is_a_nil_return(session: Session) -> None:
     table = build(session, "vat", Q4)
 

@@ -100,8 +100,8 @@ def decide(
        until the group's access ends. A member keeps any access of their own (3., 5., 6.).
     5. A complimentary grant running at ``now``: ``complimentary``, until it expires.
     6. Our own card-less trial running at ``now``: ``trial``, until it ends.
-    7. Otherwise refused, with the most telling reason: ``payment_failed`` (a subscription past due
-       beyond the grace, unpaid, or ``incomplete``: its first payment was declined and waits for
+    7. Otherwise refused, with the most telling reason: ``payment_failed`` (a subscription of the
+       reader's own or of a group they hold a seat in past due beyond the grace, unpaid, or ``incomplete``: its first payment was declined and waits for
        another card), ``subscription_ended`` (a subscription that ended),
        ``seat_removed`` (a group seat was taken away), ``trial_expired`` (a trial that ran out),
        else ``none``.
@@ -137,7 +137,8 @@ def decide(
     if trial is not None and trial.is_active(now):
         return Decision(True, Reason.TRIAL, until=trial.ends_at)
 
-    return Decision.refused(_refusal_reason(reader, subscriptions, now))
+    seat_subscriptions = [sub for g in seats for sub in g.subscriptions]
+    return Decision.refused(_refusal_reason(reader, subscriptions, seat_subscriptions, now))
 
 
 def _best_subscription_decision(
@@ -185,13 +186,19 @@ def _longest(decisions: Iterable[Decision | None]) -> Decision | None:
     return max(granted, key=lambda t: (t[0], t[1]))[2] if granted else None
 
 
-def _refusal_reason(reader: Reader, subscriptions: list[Subscription], now: datetime) -> Reason:
+def _refusal_reason(
+    reader: Reader,
+    subscriptions: list[Subscription],
+    seat_subscriptions: list[Subscription],
+    now: datetime,
+) -> Reason:
     failing = {
         SubscriptionStatus.PAST_DUE,
         SubscriptionStatus.UNPAID,
         SubscriptionStatus.INCOMPLETE,
     }
-    if any(s.status in failing and not s.has_ended(now) for s in subscriptions):
+    own_or_seat = [*subscriptions, *seat_subscriptions]
+    if any(s.status in failing and not s.has_ended(now) for s in own_or_seat):
         return Reason.PAYMENT_FAILED
     if any(s.has_ended(now) or s.cancel_at_period_end for s in subscriptions):
         return Reason.SUBSCRIPTION_ENDED

@@ -106,6 +106,14 @@ def rate_of(total: int, tax: int) -> Decimal:
     return (Decimal(tax) * 100 / Decimal(net)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
 
 
+def invoice_rate(invoice: Invoice) -> Decimal:
+    """The VAT rate in % of ``invoice``, to 0.1: the rate it was taxed at as the mirror recorded it
+    (``invoices.tax_rate``), else derived from its amounts (invoices mirrored before VAT)."""
+    if invoice.tax_rate is not None:
+        return Decimal(invoice.tax_rate).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    return rate_of(invoice.total, invoice.tax)
+
+
 def scope_of(country: str | None, tax: int, vat_id: str | None, home: str | None) -> str:
     """Which part of which return a sale to ``country`` belongs to."""
     code = (country or "").upper()
@@ -185,7 +193,7 @@ def sums(session: Session, filters: Filters, home: str | None) -> _Sums:
             scope,
             "sale",
             (invoice.customer_country or "").upper(),
-            rate_of(invoice.total, invoice.tax),
+            invoice_rate(invoice),
             invoice.currency,
         )
         line = found.lines[key]
@@ -204,7 +212,7 @@ def sums(session: Session, filters: Filters, home: str | None) -> _Sums:
                 scope,
                 "refund",
                 country,
-                rate_of(invoice.total, invoice.tax),
+                invoice_rate(invoice),
                 invoice.currency,
             )
             line = found.lines[key]

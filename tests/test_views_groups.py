@@ -328,7 +328,7 @@ def test_an_overdue_invoice_makes_the_group_past_due_and_mails_billing_and_admin
     }
     reader = session.get_one(Reader, member.id)
     assert decide(reader, clock.now()).reason == Reason.GROUP_SEAT
-    assert decide(reader, clock.now() + timedelta(days=8)).reason == Reason.NONE
+    assert decide(reader, clock.now() + timedelta(days=8)).reason == Reason.PAYMENT_FAILED
     runner.invoke(args=["billing", "tick"])
     assert len([m for m in outbox.all() if "overdue" in m.subject]) == 2
 

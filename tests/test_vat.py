@@ -25,6 +25,7 @@ from billing.services.vat import (
     TaxKind,
     ViesResult,
     check_vies,
+    exclusive_tax,
     inclusive_tax,
     normalise_vat_id,
     rate_table,
@@ -89,6 +90,17 @@ def test_net_and_vat_always_add_up_to_the_gross_price(amount: int, rate: Decimal
 @given(amount=st.integers(min_value=1, max_value=10**9), rate=rates)
 def test_a_full_refund_gives_back_exactly_the_vat_charged(amount: int, rate: Decimal) -> None:
     assert inclusive_tax(-amount, rate) == -inclusive_tax(amount, rate)
+
+
+@given(amount=st.integers(min_value=-(10**9), max_value=10**9), rate=rates)
+def test_the_vat_on_top_of_a_net_price_is_the_exact_amount_rounded_half_up(
+    amount: int, rate: Decimal
+) -> None:
+    tax = exclusive_tax(amount, rate)
+
+    exact = abs(Fraction(amount) * Fraction(rate) / 100)
+    expected = int(exact) + (1 if exact - int(exact) >= Fraction(1, 2) else 0)
+    assert tax == (expected if amount >= 0 else -expected)
 
 
 # --- the decision --------------------------------------------------------------------------------

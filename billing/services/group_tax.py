@@ -9,10 +9,11 @@ buyer, the buyer's under the OSS, none outside the EU). Group prices are net: th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import datetime
+from decimal import Decimal
 
 from billing.services import taxes
+from billing.services.vat import exclusive_tax
 
 
 @dataclass(frozen=True)
@@ -26,23 +27,17 @@ class GroupTax:
     def tax_on(self, net: int) -> int:
         """The VAT on ``net`` minor units, rounded half up to the minor unit (0 under reverse
         charge)."""
-        if self.reverse_charge:
-            return 0
-        exact = Decimal(net) * self.rate / 100
-        return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        return 0 if self.reverse_charge else exclusive_tax(net, self.rate)
 
 
-def group_tax(country: str, vat_id: str | None, on: date) -> GroupTax:
-    """How VAT applies to an organisation in ``country`` with ``vat_id`` on the day ``on``.
+def group_tax(country: str, vat_id: str | None, now: datetime) -> GroupTax:
+    """How VAT applies to an organisation in ``country`` with ``vat_id`` at ``now``.
 
     Raises :class:`billing.services.vat.InvalidVatIdError` (field ``vat_id``) for a malformed
     VAT number.
     """
     treatment = taxes.business_treatment(
-        country,
-        vat_id,
-        now=datetime.combine(on, time(12), tzinfo=UTC),
-        settings=taxes.current_settings(),
+        country, vat_id, now=now, settings=taxes.current_settings()
     )
     note = treatment.mention or f"VAT {treatment.rate.normalize():f} % ({treatment.country})"
     return GroupTax(treatment.rate, treatment.reverse_charge, note)

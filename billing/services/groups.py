@@ -148,7 +148,7 @@ def quote(
     """The yearly price of ``seats`` seats for an organisation in ``country``."""
     plan = seat_plan(session)
     net = plan.amount * seats
-    tax = group_tax(country, vat_id, now.date())
+    tax = group_tax(country, vat_id, now)
     return Quote(seats, plan.amount, plan.currency, net, tax, tax.tax_on(net))
 
 
@@ -1209,18 +1209,7 @@ def decide_domain(
     entry = session.get(GroupDomain, domain_id)
     if entry is None:
         raise NotFound("No such domain.")
-    audit.record(
-        session,
-        now=now,
-        actor=staff,
-        action="group.domain_" + ("approved" if approve else "refused"),
-        target=entry.group,
-        details={"domain": entry.domain},
-    )
-    if approve:
-        entry.approved_at, entry.approved_by_id = entry.approved_at or now, staff.id
-    else:
-        session.delete(entry)
+    _decide_claim(session, staff, entry, approve, "domain", {"domain": entry.domain}, now=now)
     return entry
 
 
@@ -1231,19 +1220,34 @@ def decide_ip_range(
     entry = session.get(GroupIPRange, range_id)
     if entry is None:
         raise NotFound("No such range.")
+    _decide_claim(session, staff, entry, approve, "ip_range", {"cidr": entry.cidr}, now=now)
+    return entry
+
+
+def _decide_claim(
+    session: Session,
+    staff: Reader,
+    entry: GroupDomain | GroupIPRange,
+    approve: bool,
+    kind: str,
+    details: dict[str, Any],
+    *,
+    now: datetime,
+) -> None:
+    """Staff's decision on a group's claim, audit-logged: approved (kept, dated) or refused
+    (deleted)."""
     audit.record(
         session,
         now=now,
         actor=staff,
-        action="group.ip_range_" + ("approved" if approve else "refused"),
+        action=f"group.{kind}_" + ("approved" if approve else "refused"),
         target=entry.group,
-        details={"cidr": entry.cidr},
+        details=details,
     )
     if approve:
         entry.approved_at, entry.approved_by_id = entry.approved_at or now, staff.id
     else:
         session.delete(entry)
-    return entry
 
 
 def staff_add_private_range(

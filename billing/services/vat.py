@@ -241,6 +241,17 @@ def inclusive_tax(amount: int, rate: Decimal) -> int:
     return tax if amount > 0 else -tax
 
 
+def exclusive_tax(amount: int, rate: Decimal) -> int:
+    """The VAT on top of a net ``amount`` (minor units) at ``rate`` percent, rounded half up to
+    the minor unit (half away from zero for negative amounts) as Stripe's exclusive Tax Rates
+    do."""
+    if rate == 0 or amount == 0:
+        return 0
+    exact = Decimal(abs(amount)) * rate / 100
+    tax = int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return tax if amount > 0 else -tax
+
+
 def plain_rate(rate: Decimal) -> Decimal:
     """``rate`` without trailing zeros or exponent (``7.0000`` -> ``7``, ``20`` stays ``20``)."""
     normal = rate.normalize()

@@ -96,10 +96,6 @@ class GroupInvite(Base):
 
     __table_args__ = (CheckConstraint("expires_at > created_at", name="expires_after_creation"),)
 
-    def is_pending(self, now: datetime) -> bool:
-        """Neither accepted, revoked nor expired at ``now``."""
-        return self.accepted_at is None and self.revoked_at is None and now < self.expires_at
-
 
 class GroupDomain(Base):
     """An e-mail domain whose verified readers may join the group while seats are free.

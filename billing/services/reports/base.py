@@ -9,7 +9,7 @@ also gives that query (``statement``), so an export of any size streams from the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -133,12 +133,6 @@ class Report:
     statement: Callable[[Filters], AnySelect] | None = None
     """The one query whose rows are the report's rows (exports stream it); None: use ``build``."""
     default_granularity: Granularity | None = None
-
-    def row_dicts(self, table: Table) -> Iterator[dict[str, Any]]:
-        """The rows of ``table`` keyed by column."""
-        keys = [c.key for c in self.columns]
-        for row in table.rows:
-            yield dict(zip(keys, row, strict=True))
 
 
 def major(amount: int | None) -> Decimal | None:

@@ -226,9 +226,3 @@ def _classify(month: Month, before: int, after: int, *, reactivated: bool, past_
         month.expansion += after - before
     elif after < before:
         month.contraction += before - after
-
-
-def mrr_at(session: Session, day: date, currency: str) -> int:
-    """MRR (excluding VAT) at the first moment of ``day``'s month, in ``currency``."""
-    found = monthly(session, Filters(start=day, end=day, currency=currency))
-    return next((m.start for m in found if m.currency == currency), 0)

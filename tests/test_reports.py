@@ -499,3 +499,86 @@ def test_owner_and_country_filters_narrow_the_revenue_report(session: Session) -
 
     assert [r["owner"] for r in rows(groups_only)] == ["group"]
     assert [r["country"] for r in rows(dutch_only)] == ["NL"]
+
+
+@pytest.mark.usefixtures("publisher_in_belgium")
+def test_the_owner_filter_keeps_the_vat_return_to_groups_or_readers_refunds_included(
+    session: Session,
+) -> None:
+    person = history.customer(session, at(9, 1), country="NL")
+    company = history.customer(session, at(9, 1), country="DE", group=True)
+    bought = history.invoice(session, person, at(10, 5), 1210, 210)
+    history.invoice(session, company, at(10, 6), 11900, 1900)
+    history.refund(session, bought, 1210, at(10, 20))
+    quarter = {"start": Q4.start, "end": Q4.end, "granularity": Granularity.QUARTER}
+
+    groups_only = build(session, "vat", Filters(**quarter, owner=Owner.GROUP))
+    readers_only = build(session, "vat", Filters(**quarter, owner=Owner.INDIVIDUAL))
+    everyone = build(session, "vat", Filters(**quarter))
+
+    assert [(r["country"], r["kind"], r["vat"]) for r in rows(groups_only)] == [
+        ("DE", "sale", 1900)
+    ]
+    assert [(r["country"], r["kind"], r["vat"]) for r in rows(readers_only)] == [
+        ("NL", "refund", -210),
+        ("NL", "sale", 210),
+    ]
+    assert len(rows(everyone)) == 3
+    assert any("unfiltered" in note for note in groups_only.notes)
+    assert not any("unfiltered" in note for note in everyone.notes)
+
+
+def test_the_owner_filter_splits_trials_by_whether_the_reader_has_held_a_group_seat_since(
+    session: Session,
+) -> None:
+    from billing.models import GroupMembership, MembershipRole
+
+    seated, removed, earlier, _alone = (
+        factories.TrialFactory(started_at=at(10, day)) for day in (1, 2, 3, 4)
+    )
+    group = factories.GroupFactory()
+    for trial, joined, left in (
+        (seated, at(10, 10), None),
+        (removed, at(10, 12), at(10, 20)),
+        (earlier, at(9, 1), at(9, 30)),
+    ):
+        session.add(
+            GroupMembership(
+                group_id=group.id,
+                reader_id=trial.reader_id,
+                role=MembershipRole.MEMBER,
+                joined_at=joined,
+                removed_at=left,
+            )
+        )
+    session.flush()
+    october = {"start": date(2026, 10, 1), "end": date(2026, 10, 31)}
+
+    groups_only = build(session, "trials", Filters(**october, owner=Owner.GROUP))
+    readers_only = build(session, "trials", Filters(**october, owner=Owner.INDIVIDUAL))
+
+    assert [(r["cohort"], r["started"]) for r in rows(groups_only)] == [("2026-10", 2)]
+    assert [(r["cohort"], r["started"]) for r in rows(readers_only)] == [("2026-10", 2)]
+    assert rows(build(session, "trials", Filters(**october)))[0]["started"] == 4
+
+
+def test_the_owner_filter_keeps_the_dunning_list_to_groups_or_readers(session: Session) -> None:
+    from billing.models import SubscriptionStatus
+
+    monthly = history.plan(session)
+    seats = history.plan(session, "group-seat-yearly", 9600, "year")
+    person = history.customer(session, at(9, 1))
+    company = history.customer(session, at(9, 1), group=True)
+    for owner, plan in ((person, monthly), (company, seats)):
+        sub = history.subscription(session, owner, plan, at(10, 1))
+        sub.status = SubscriptionStatus.PAST_DUE
+        sub.past_due_since = CLOCK_NOW - timedelta(days=2)
+    session.flush()
+
+    groups_only = build(session, "dunning", Filters(start=Q4.start, end=Q4.end, owner=Owner.GROUP))
+    readers_only = build(
+        session, "dunning", Filters(start=Q4.start, end=Q4.end, owner=Owner.INDIVIDUAL)
+    )
+
+    assert [r["plan"] for r in rows(groups_only)] == ["group-seat-yearly"]
+    assert [r["plan"] for r in rows(readers_only)] == ["individual-monthly"]

@@ -178,7 +178,7 @@ def install_customer_tax_exempt(resources: Any) -> None:
         original_init(self, *args, **kwargs)
         self.tax_exempt = value
 
-    def api_update(cls: Any, id: str, **data: Any) -> Any:
+    def api_update(cls: Any, id: str, /, **data: Any) -> Any:
         if "tax_exempt" in data:
             data["tax_exempt"] = checked(data["tax_exempt"], updating=True)
         return original_update(cls, id, **data)

@@ -84,6 +84,10 @@ Interval = Literal["day", "week", "month", "year"]
 CollectionMethod = Literal["charge_automatically", "send_invoice"]
 RefundReason = Literal["duplicate", "fraudulent", "requested_by_customer"]
 PaymentMethodType = Literal["card", "sepa_debit"]
+TaxExempt = Literal["none", "exempt", "reverse"]
+"""A customer's ``tax_exempt`` as Stripe documents it: ``reverse`` for an EU business taxed by
+reverse charge (Stripe then prints "Reverse charge" on its invoice and receipt PDFs), ``none``
+otherwise (``exempt`` exists on Stripe; Tollgate never uses it)."""
 
 _Raw = dict[str, Any]
 _P = ParamSpec("_P")
@@ -189,6 +193,8 @@ class StripeCustomerData:
     metadata: dict[str, str] = field(default_factory=dict)
     balance: int = 0
     """Stripe's ``balance``, in minor units: negative is a credit the next invoices use first."""
+    tax_exempt: str = "none"
+    """Stripe's ``tax_exempt``: ``none``, ``exempt`` or ``reverse`` (see :data:`TaxExempt`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1089,12 +1095,16 @@ class StripeGateway:
         name: str | None = None,
         country: str | None = None,
         vat_id: str | None = None,
+        tax_exempt: TaxExempt | None = None,
         metadata: Mapping[str, str | int] | None = None,
         idempotency_key: str | None = None,
     ) -> StripeCustomerData:
         """Create a customer tagged as ours (pass ``tollgate_reader_id`` or ``tollgate_group_id``
-        in ``metadata``); ``vat_id`` is an EU VAT number."""
+        in ``metadata``); ``vat_id`` is an EU VAT number; ``tax_exempt`` is left to Stripe's
+        default (``none``) when not given."""
         params: CustomerCreateParams = {"email": email, "metadata": _tag(metadata)}
+        if tax_exempt is not None:
+            params["tax_exempt"] = tax_exempt
         if name:
             params["name"] = name
         if country:
@@ -1114,9 +1124,13 @@ class StripeGateway:
         email: str | None = None,
         name: str | None = None,
         country: str | None = None,
+        tax_exempt: TaxExempt | None = None,
     ) -> StripeCustomerData:
-        """Change a customer's e-mail, name or country; what is not given stays as it is."""
+        """Change a customer's e-mail, name, country or ``tax_exempt``; what is not given stays
+        as it is."""
         params: CustomerUpdateParams = {}
+        if tax_exempt is not None:
+            params["tax_exempt"] = tax_exempt
         if email is not None:
             params["email"] = email
         if name is not None:
@@ -1593,6 +1607,7 @@ class StripeGateway:
             deleted=bool(raw.get("deleted")),
             metadata=_metadata(raw.get("metadata")),
             balance=_int(raw.get("balance")),
+            tax_exempt=_opt_str(raw.get("tax_exempt")) or "none",
         )
 
     def _card(self, raw: _Raw) -> CardData:

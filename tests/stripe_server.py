@@ -25,6 +25,7 @@ points the store at a file in the process's own pytest temporary directory and, 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -40,8 +41,12 @@ from typing import Any
 
 import pytest
 
+import billing
 from billing.gateway import StripeGateway
 
+CODE_ROOT = Path(billing.__file__).resolve().parent.parent
+"""Where the ``billing`` under test lives: the server runs that one, not whichever copy is
+installed in the environment (a git worktree shares its checkout's virtualenv)."""
 SECRET_KEY = "sk_test_localstripe"  # localstripe accepts any key starting with sk_
 STARTUP_DEADLINE = 30.0
 
@@ -87,6 +92,12 @@ class LocalstripeServer:
                         "--from-scratch",
                     ],
                     cwd=self.workdir,
+                    env={
+                        **os.environ,
+                        "PYTHONPATH": os.pathsep.join(
+                            filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")])
+                        ),
+                    },
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

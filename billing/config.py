@@ -178,6 +178,11 @@ SETTINGS: tuple[Setting, ...] = (
         "GROUP_WIDEST_IPV6", "48", "widest IPv6 office range an organisation may register (prefix)"
     ),
     Setting(
+        "GROUP_IP_SESSIONS_FLUSH_INTERVAL",
+        "60",
+        "seconds each process gathers anonymous IP sessions in memory before writing them (after a response, never during one)",
+    ),
+    Setting(
         "PUBLISHER_COUNTRY",
         "BE",
         "ISO code of the EU member state the publisher is established in: its readers pay its domestic VAT rate, other EU readers their own (OSS); required in production (no default there)",
@@ -351,6 +356,7 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "GROUP_IDLE_DAYS": number("GROUP_IDLE_DAYS"),
         "GROUP_WIDEST_IPV4": number("GROUP_WIDEST_IPV4"),
         "GROUP_WIDEST_IPV6": number("GROUP_WIDEST_IPV6"),
+        "GROUP_IP_SESSIONS_FLUSH_INTERVAL": number("GROUP_IP_SESSIONS_FLUSH_INTERVAL", float),
         "MAX_CONTENT_LENGTH": number("MAX_CONTENT_LENGTH"),
         "MAX_URL_LENGTH": number("MAX_URL_LENGTH"),
         # Production gets no default country: the publisher must say where it is established.

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy.orm import Session
 
-from billing import db, inputs
+from billing import db, inputs, ip_session_counter
 from billing.clock import current_clock
 from billing.errors import NotFound, ValidationFailed, error_body
 from billing.extensions import limiter
@@ -203,10 +203,14 @@ def _ip(value: Any, *, required: bool) -> str | None:
 
 
 def _address_decision(ip: str | None, now: datetime) -> Decision:
-    """The decision for an anonymous visitor from ``ip``: by the group office networks."""
+    """The decision for an anonymous visitor from ``ip``: by the group office networks; a grant
+    counts as the group's IP session of the day (in memory, written after the response)."""
     if ip is None:
         return Decision.refused()
-    return decision_cache.current().lookup_ip(db.session(), ip, now)
+    decision = decision_cache.current().lookup_ip(db.session(), ip, now)
+    if decision.granted and decision.group is not None:
+        ip_session_counter.count(decision.group, ip, now)
+    return decision
 
 
 def _json_object(members: tuple[str, ...]) -> dict[str, str]:

@@ -31,7 +31,7 @@ from billing.clock import current_clock
 from billing.errors import DomainError, NotFound, error_body
 from billing.gateway import StripeGateway
 from billing.models import Group, MembershipRole
-from billing.services import groups
+from billing.services import groups, ip_sessions
 from billing.services.groups import GroupRules, NoSeatsLeft
 from billing.views import guards
 from billing.views.forms import (
@@ -46,6 +46,9 @@ from billing.views.forms import (
 )
 
 bp = Blueprint("groups", __name__)
+
+IP_SESSION_DAYS = 30
+"""The group page shows the anonymous IP sessions of this many days (today included)."""
 
 
 def _rules() -> GroupRules:
@@ -286,6 +289,8 @@ def _render_show(group: Group, status: int = 200, **forms: Any) -> ResponseRetur
         invites=groups.pending_invites(session, group, now),
         domains=sorted(group.domains, key=lambda d: d.domain),
         ranges=sorted(group.ip_ranges, key=lambda r: (r.version, r.first_address)),
+        ip_sessions=ip_sessions.last_days(session, group, today=now.date(), days=IP_SESSION_DAYS),
+        ip_session_days=IP_SESSION_DAYS,
         invite_form=forms.get("invite_form") or InviteForm(),
         domain_form=forms.get("domain_form") or DomainForm(),
         range_form=forms.get("range_form") or RangeForm(),

@@ -264,10 +264,11 @@ def _country_change_message(change: reader_country.CountryChange) -> str:
     if change.applies_from is None:
         when = f"Invoices from now on include {after}."
     else:
+        before = change.rate_before if change.rate_before is not None else Decimal(0)
+        instead = "" if before == change.rate_after else f" instead of {plain_rate(before)} %"
         when = (
             f"From your next invoice, on {long_date(change.applies_from)}, your price includes "
-            f"{after} instead of {plain_rate(change.rate_before or Decimal(0))} %; the price "
-            "itself stays the same."
+            f"{after}{instead}; the price itself stays the same."
         )
     return f"Your country is now {name}. {when} Invoices already issued keep their VAT."
 

@@ -187,6 +187,25 @@ def install_customer_tax_exempt(resources: Any) -> None:
     customer._api_update = classmethod(api_update)
 
 
+def install_tax_rate_clearing(resources: Any) -> None:
+    """Let a subscription's ``default_tax_rates`` be cleared with an empty string, as Stripe
+    documents for every list parameter (localstripe answers 400): its next invoices then carry
+    no tax (a reader who moved outside the EU, a customer now reverse-charged)."""
+    subscription = resources.Subscription
+    original_update = subscription._update
+
+    def subscription_update(self: Any, *args: Any, **data: Any) -> Any:
+        clear = data.get("default_tax_rates") == ""
+        if clear:
+            data["default_tax_rates"] = None
+        result = original_update(self, *args, **data)
+        if clear:
+            self.default_tax_rates = []
+        return result
+
+    subscription._update = subscription_update
+
+
 def main(
     store_path: str | os.PathLike[str],
     port: int = DEFAULT_PORT,
@@ -207,6 +226,7 @@ def main(
     path = Path(store_path).resolve()
     install_stripe_tax_behaviour(resources)
     install_customer_tax_exempt(resources)
+    install_tax_rate_clearing(resources)
     resources.Store.try_load_from_disk = lambda self: None
     # Unpickling a Store sets its items one by one, and each set would save the whole store.
     resources.Store.dump_to_disk = lambda self: None

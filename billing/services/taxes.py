@@ -387,10 +387,12 @@ def apply_rate_change(
     *,
     now: datetime,
     settings: VatSettings,
+    actor: Reader | str = "cli",
 ) -> RateChange | None:
     """Set on the subscription the Tax Rate its customer's country has today, when it carries
     another one (a rate change from its effective date, or a reader who moved country); None
-    when it already carries the right one.
+    when it already carries the right one. Audited with ``actor`` (the ``tick`` command, or the
+    reader who changed their country).
 
     Stripe applies ``default_tax_rates`` to the invoices created after the change, so the new rate
     applies from the subscription's next period; invoices already issued keep theirs.
@@ -412,7 +414,7 @@ def apply_rate_change(
     audit.record(
         session,
         now=now,
-        actor="cli",
+        actor=actor,
         action="vat.rate_changed",
         target=subscription,
         details={

@@ -25,6 +25,7 @@ points the store at a file in the process's own pytest temporary directory and, 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -40,10 +41,20 @@ from typing import Any
 
 import pytest
 
+import billing
 from billing.gateway import StripeGateway
 
 SECRET_KEY = "sk_test_localstripe"  # localstripe accepts any key starting with sk_
 STARTUP_DEADLINE = 30.0
+PROJECT_ROOT = Path(billing.__file__).resolve().parent.parent
+"""The checkout whose ``billing`` the tests import: the server runs its ``billing.devstripe``."""
+
+
+def _server_environment() -> dict[str, str]:
+    """This environment with the tested checkout first on ``PYTHONPATH`` (the server starts in
+    a directory of its own, where an installed copy of ``billing`` would be found instead)."""
+    paths = [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def _free_port() -> int:
@@ -87,6 +98,7 @@ class LocalstripeServer:
                         "--from-scratch",
                     ],
                     cwd=self.workdir,
+                    env=_server_environment(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -193,6 +193,13 @@ class LocalstripeServer:
         self.request("POST", f"/_config/webhooks/{webhook_id}", {"url": url, "secret": secret})
         self._webhook_ids.add(webhook_id)
 
+    def renew(self, subscription_id: str) -> dict[str, Any]:
+        """End the subscription's paid period now, as Stripe does at its end: the next period
+        starts and is invoiced (charged, or sent), or the subscription ends if set to cancel."""
+        answer = self.request("POST", f"/v1/test_helpers/subscriptions/{subscription_id}/renew", {})
+        assert isinstance(answer, dict)
+        return answer
+
     def create_card(self, number: str = "4242424242424242", *, exp_year: int = 2034) -> str:
         """Make a card PaymentMethod from raw card data (as the fake Stripe.js would); its id."""
         card = {"number": number, "exp_month": 12, "exp_year": exp_year, "cvc": "123"}

@@ -220,7 +220,7 @@ def main(
     from aiohttp import web
     from localstripe import resources, server
 
-    from billing import devstripe_invoicing
+    from billing import devstripe_invoicing, devstripe_prorations, devstripe_renewals
 
     devstripe_invoicing.install(resources, server)
     path = Path(store_path).resolve()
@@ -233,6 +233,8 @@ def main(
     loaded = load(resources.store, path) if load_existing else 0
     resources.Store.dump_to_disk = lambda self: dump(self, path)
     devstripe_billing.install(resources, server)
+    devstripe_prorations.install(resources)
+    devstripe_renewals.install(resources, server)
 
     access_log = logging.getLogger("aiohttp.access")
     access_log.setLevel(logging.DEBUG)

@@ -61,6 +61,7 @@ from stripe.params import (
     SubscriptionCreateParams,
     SubscriptionCreateParamsItem,
     SubscriptionListParams,
+    SubscriptionUpdateParams,
     SubscriptionUpdateParamsItem,
 )
 
@@ -337,6 +338,22 @@ class PriceChangePreviewData:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class QuantityChangePreviewData:
+    """What a change of quantity would add to the next invoice (Stripe's invoice preview with
+    ``proration_date``): the proration lines of that moment only, net and the tax on top."""
+
+    currency: str
+    net: int
+    tax: int
+    proration_date: datetime
+
+    @property
+    def total(self) -> int:
+        """Net plus tax: what the change costs (negative: a credit)."""
+        return self.net + self.tax
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PaymentIntentData:
     """The payment of an invoice: ``requires_action`` means the customer must authenticate (3DS)
     in the browser with ``client_secret``; ``requires_payment_method`` means it failed."""
@@ -559,6 +576,11 @@ class _Dialect(ABC):
         """A raw invoice's lines with tax, before the customer's credit is applied."""
 
     @abstractmethod
+    def proration_line(self, raw_line: _Raw) -> tuple[int, int] | None:
+        """(net amount, tax added on top) of a raw invoice line that is a proration; None for
+        any other line."""
+
+    @abstractmethod
     def invoice_payment_intent_id(self, client: stripe.StripeClient, raw: _Raw) -> str | None:
         """The PaymentIntent paying a raw invoice (the paid one if any, else the latest)."""
 
@@ -710,6 +732,18 @@ class _StripeDialect(_Dialect):
         """Stripe's ``total`` (the customer balance is applied after it, into ``amount_due``)."""
         return _int(raw.get("total"))
 
+    def proration_line(self, raw_line: _Raw) -> tuple[int, int] | None:
+        """Lines whose ``parent.subscription_item_details.proration`` is true (or, for an
+        invoice item, ``parent.invoice_item_details.proration``), taxed by their exclusive
+        ``taxes``."""
+        parent = raw_line.get("parent") or {}
+        details = parent.get("subscription_item_details") or parent.get("invoice_item_details")
+        if not (details or {}).get("proration"):
+            return None
+        taxes = raw_line.get("taxes") or []
+        on_top = sum(_int(t.get("amount")) for t in taxes if t.get("tax_behavior") != "inclusive")
+        return _int(raw_line.get("amount")), on_top
+
     def invoice_payment_intent_id(self, client: stripe.StripeClient, raw: _Raw) -> str | None:
         """Through the invoice's InvoicePayments (invoices lost ``payment_intent`` in 2025)."""
         payments = client.v1.invoice_payments.list({"invoice": _str(raw, "id"), "limit": 20})
@@ -805,9 +839,11 @@ class _LocalstripeDialect(_Dialect):
       :func:`billing.devstripe.install_stripe_tax_behaviour` makes both behave as on Stripe.
     - No disputes, trials (status ``trialing`` never happens), Checkout, Billing Portal or test
       clocks.
-    - Proration is crude: a price or quantity change adds "Unused time" items worth minus every
-      earlier invoice of the subscription; a change of interval (monthly <-> yearly) invoices and
-      charges at once, restarting the period.
+    - Proration is crude: a price change adds "Unused time" items worth minus every earlier
+      invoice of the subscription; a change of interval (monthly <-> yearly) invoices and
+      charges at once, restarting the period. A change of quantity ignores ``proration_date``
+      and its preview needs the plan on every item: :mod:`billing.devstripe_prorations` makes
+      both prorate by the second, as Stripe does.
     - Failing payments: card 4000000000000341 and SEPA IBAN DE62370400440532013001 are declined,
       card 4000008260003178 needs 3-D Secure (``POST /v1/payment_intents/<id>/_authenticate`` with
       ``client_secret`` and ``success``) and is declined even after it. A first invoice declined
@@ -912,6 +948,14 @@ class _LocalstripeDialect(_Dialect):
     def invoice_total_before_credit(self, raw: _Raw) -> int:
         """``subtotal`` plus ``tax``: localstripe's ``total`` already has the credit taken off."""
         return _int(raw.get("subtotal")) + _int(raw.get("tax"))
+
+    def proration_line(self, raw_line: _Raw) -> tuple[int, int] | None:
+        """Lines with ``proration`` true, taxed by their exclusive ``tax_amounts``."""
+        if not raw_line.get("proration"):
+            return None
+        taxes = raw_line.get("tax_amounts") or []
+        on_top = sum(_int(t.get("amount")) for t in taxes if not t.get("inclusive"))
+        return _int(raw_line.get("amount")), on_top
 
     def invoice_payment_intent_id(self, client: stripe.StripeClient, raw: _Raw) -> str | None:
         """The invoice's own ``payment_intent``."""
@@ -1316,12 +1360,50 @@ class StripeGateway:
         )
 
     @_translating
-    def change_quantity(self, subscription_id: str, quantity: int) -> StripeSubscriptionData:
-        """Change the number of seats, on the same price."""
+    def preview_quantity_change(
+        self, subscription_id: str, quantity: int, *, proration_date: datetime
+    ) -> QuantityChangePreviewData:
+        """What :meth:`change_quantity` to ``quantity`` at ``proration_date`` would prorate
+        (``POST /v1/invoices/create_preview``; nothing is changed). Only the proration lines of
+        that moment count: the next period's charge and earlier pending prorations are not this
+        change's."""
         current = self.retrieve_subscription(subscription_id)
         item = self._dialect.changed_item(current.item_id, None, quantity)
+        moment = int(proration_date.timestamp())
+        raw = self._client.v1.invoices.create_preview(
+            {
+                "customer": current.customer_id,
+                "subscription": subscription_id,
+                "subscription_details": {"items": [item], "proration_date": moment},
+            }
+        ).to_dict()
+        net = tax = 0
+        for line in _get(raw, "lines", "data") or []:
+            prorated = self._dialect.proration_line(line)
+            if prorated is not None and _int(_get(line, "period", "start")) == moment:
+                net += prorated[0]
+                tax += prorated[1]
+        return QuantityChangePreviewData(
+            currency=_str(raw, "currency"),
+            net=net,
+            tax=tax,
+            proration_date=_time(moment),
+        )
+
+    @_translating
+    def change_quantity(
+        self, subscription_id: str, quantity: int, *, proration_date: datetime | None = None
+    ) -> StripeSubscriptionData:
+        """Change the number of seats, on the same price; Stripe prorates the rest of the period
+        onto the next invoice, computed at ``proration_date`` (the moment a preview showed) or
+        now."""
+        current = self.retrieve_subscription(subscription_id)
+        item = self._dialect.changed_item(current.item_id, None, quantity)
+        params: SubscriptionUpdateParams = {"items": [item]}
+        if proration_date is not None:
+            params["proration_date"] = int(proration_date.timestamp())
         return self._subscription(
-            self._client.v1.subscriptions.update(subscription_id, {"items": [item]}).to_dict()
+            self._client.v1.subscriptions.update(subscription_id, params).to_dict()
         )
 
     @_translating

@@ -44,11 +44,17 @@ import pytest
 import billing
 from billing.gateway import StripeGateway
 
-CODE_ROOT = Path(billing.__file__).resolve().parent.parent
-"""Where the ``billing`` under test lives: the server runs that one, not whichever copy is
-installed in the environment (a git worktree shares its checkout's virtualenv)."""
 SECRET_KEY = "sk_test_localstripe"  # localstripe accepts any key starting with sk_
 STARTUP_DEADLINE = 30.0
+PROJECT_ROOT = Path(billing.__file__).resolve().parent.parent
+"""The checkout whose ``billing`` the tests import: the server runs its ``billing.devstripe``."""
+
+
+def _server_environment() -> dict[str, str]:
+    """This environment with the tested checkout first on ``PYTHONPATH`` (the server starts in
+    a directory of its own, where an installed copy of ``billing`` would be found instead)."""
+    paths = [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def _free_port() -> int:
@@ -92,12 +98,7 @@ class LocalstripeServer:
                         "--from-scratch",
                     ],
                     cwd=self.workdir,
-                    env={
-                        **os.environ,
-                        "PYTHONPATH": os.pathsep.join(
-                            filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")])
-                        ),
-                    },
+                    env=_server_environment(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -191,6 +192,13 @@ class LocalstripeServer:
         """Have the server send its (signed) webhooks to ``url``, until the next reset."""
         self.request("POST", f"/_config/webhooks/{webhook_id}", {"url": url, "secret": secret})
         self._webhook_ids.add(webhook_id)
+
+    def renew(self, subscription_id: str) -> dict[str, Any]:
+        """End the subscription's paid period now, as Stripe does at its end: the next period
+        starts and is invoiced (charged, or sent), or the subscription ends if set to cancel."""
+        answer = self.request("POST", f"/v1/test_helpers/subscriptions/{subscription_id}/renew", {})
+        assert isinstance(answer, dict)
+        return answer
 
     def create_card(self, number: str = "4242424242424242", *, exp_year: int = 2034) -> str:
         """Make a card PaymentMethod from raw card data (as the fake Stripe.js would); its id."""

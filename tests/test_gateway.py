@@ -181,6 +181,27 @@ def test_a_card_declined_when_attached_raises_payment_declined(
     assert gateway.default_card(customer.id) is None
 
 
+def test_a_customers_eu_vat_tax_id_is_replaced_or_removed_and_other_tax_ids_stay(
+    gateway: StripeGateway, stripe_reset: LocalstripeServer
+) -> None:
+    business = gateway.create_customer("accounts@ministry.example", vat_id="DE136695976")
+    path = f"/v1/customers/{business.id}/tax_ids"
+    stripe_reset.request("POST", path, {"type": "au_abn", "value": "51824753556"})
+
+    def tax_ids() -> list[tuple[str, str]]:
+        return sorted((t["type"], t["value"]) for t in stripe_reset.request("GET", path)["data"])
+
+    gateway.set_customer_vat_id(business.id, "FR40303265045")
+    replaced = tax_ids()
+    gateway.set_customer_vat_id(business.id, "FR40303265045")
+    again = tax_ids()
+    gateway.set_customer_vat_id(business.id, None)
+
+    assert replaced == [("au_abn", "51824753556"), ("eu_vat", "FR40303265045")]
+    assert again == replaced, "setting the same one changes nothing"
+    assert tax_ids() == [("au_abn", "51824753556")]
+
+
 def test_a_card_of_another_customer_is_refused(
     gateway: StripeGateway, customer_with_card: Callable[..., str]
 ) -> None:

@@ -137,12 +137,13 @@ def change_group_tax(
     if customer is not None:
         taxes.record_business_treatment(customer, treatment)
         with _talking_to_stripe():
+            # The tax id first: it is what Stripe may refuse, before anything else has changed.
+            gateway.set_customer_vat_id(customer.stripe_id, treatment.vat_id)
             gateway.update_customer(
                 customer.stripe_id,
                 country=treatment.country,
                 tax_exempt=taxes.tax_exempt_for(treatment),
             )
-            gateway.set_customer_vat_id(customer.stripe_id, treatment.vat_id)
             if subscription is not None:
                 taxes.apply_rate_change(
                     session, gateway, subscription.id, now=now, settings=settings, actor=admin

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
 import tracemalloc
 from datetime import date, timedelta
 from decimal import Decimal
@@ -22,8 +25,10 @@ from billing.services import reports
 from billing.services.reports import export
 from billing.services.reports.base import Filters
 from tests import factories
+from tests.conftest import TEST_SECRET
 from tests.helpers import login
 
+ROOT = Path(__file__).resolve().parent.parent
 NOVEMBER = Filters(start=date(2026, 11, 1), end=date(2026, 11, 30))
 
 
@@ -212,6 +217,41 @@ def test_the_export_command_writes_the_file_says_how_many_rows_and_logs_it(
     entry = session.scalars(select(AuditLog)).one()
     assert (entry.actor_label, entry.details["rows"]) == ("cli", 1)
     assert entry.details["filters"]["owner"] == "group"
+
+
+def test_the_export_command_runs_without_loading_stripe_cryptography_or_zxcvbn_in_100_mb(
+    database_url: str, session: Session, tmp_path: Path
+) -> None:
+    factories.InvoiceFactory()
+    session.commit()
+    out = tmp_path / "november.csv"
+    code = (
+        "import atexit, sys\n"
+        "from flask.cli import main\n"
+        "def loaded():\n"
+        "    found = [m for m in ('stripe', 'cryptography', 'zxcvbn') if m in sys.modules]\n"
+        "    status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+        "    peak = int(status.split()[0]) // 1024\n"
+        "    print('LOADED', ','.join(found), 'PEAK', peak)\n"
+        "atexit.register(loaded)\n"
+        "sys.argv = ['flask', '--app', 'app', 'billing', 'export', 'invoices', '--from',\n"
+        f"    '2026-11-01', '--to', '2026-11-30', '--out', {str(out)!r}]\n"
+        "main()\n"
+    )
+    # The peak is VmHWM, this process image's own: ru_maxrss survives exec, so a child of
+    # pytest would report pytest's peak.
+    env = {**os.environ, "DATABASE_URL": database_url, "SECRET_KEYS": TEST_SECRET}
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "Exported 1 rows" in done.stdout
+    [line] = [found for found in done.stdout.splitlines() if found.startswith("LOADED")]
+    _, modules, _, peak = line.split(" ")
+    assert modules == "", "only a call to Stripe or to a token key loads these"
+    assert int(peak) <= 100, f"peak {peak} MB"
 
 
 def test_the_export_command_names_a_bad_option(runner: FlaskCliRunner, tmp_path: Path) -> None:

@@ -284,7 +284,7 @@ def card_setup(
     _lock_reader(session, reader)
     _require_verified(reader)
     customer = _ensure_customer(session, gateway, reader, now=now)
-    with _talking_to_stripe():
+    with talking_to_stripe():
         return gateway.create_setup_intent(customer.stripe_id)
 
 
@@ -309,11 +309,11 @@ def save_card(
     customer = _ensure_customer(session, gateway, reader, now=now)
     replacing = customer.default_payment_method_id
     try:
-        with _talking_to_stripe():
+        with talking_to_stripe():
             card = gateway.attach_default_payment_method(customer.stripe_id, payment_method_id)
     except GatewayError as exc:  # declined and unreachable were turned into errors for people
         raise ValidationFailed(f"This card cannot be used: {exc.message}", field="card") from exc
-    _mirror_card(customer, card)
+    mirror_card(customer, card)
     audit.record(
         session,
         now=now,
@@ -386,7 +386,7 @@ def subscribe(
     attempt = session.scalar(
         select(func.count(Subscription.id)).where(Subscription.customer_id == customer.id)
     )
-    with _talking_to_stripe():
+    with talking_to_stripe():
         tax_rate = taxes.tax_rates_for(
             session, gateway, customer, now=now, settings=taxes.current_settings()
         )
@@ -397,7 +397,7 @@ def subscribe(
             idempotency_key=f"tollgate-subscribe-{customer.stripe_id}-{attempt}-{plan.code}",
             tax_rate_ids=taxes.tax_rate_ids(tax_rate),
         )
-        subscription = _sync_after_change(session, gateway, created, now=now)
+        subscription = sync_after_change(session, gateway, created, now=now)
     audit.record(
         session,
         now=now,
@@ -467,7 +467,7 @@ def cancel_at_period_end(
         return subscription
     if subscription.status == SubscriptionStatus.INCOMPLETE:
         return cancel_now(session, gateway, reader, now=now)
-    with _talking_to_stripe():
+    with talking_to_stripe():
         gateway.cancel_at_period_end(subscription.stripe_id)
         subscription = _resync(session, gateway, subscription.stripe_id, now=now)
     _audit(session, reader, "cancelled", subscription, now)
@@ -483,7 +483,7 @@ def resume(
     subscription = _manageable(session, reader, now)
     if not subscription.cancel_at_period_end:
         return subscription
-    with _talking_to_stripe():
+    with talking_to_stripe():
         gateway.resume(subscription.stripe_id)
         subscription = _resync(session, gateway, subscription.stripe_id, now=now)
     _audit(session, reader, "resumed", subscription, now)
@@ -530,7 +530,7 @@ def preview_switch(
         return SwitchPreview(
             plan, 0, credit, scheduled.starts_at, max(0, plan.amount - credit), plan.currency
         )
-    with _talking_to_stripe():
+    with talking_to_stripe():
         preview = gateway.preview_price_change(subscription.stripe_id, plan.stripe_price_id)
     credit_after = max(0, credit - preview.total)
     amount = plan.amount * subscription.quantity
@@ -596,10 +596,10 @@ def switch_plan(
     before_plan = subscription.plan
     before = before_plan.code
     changed_invoice: Invoice | None = None
-    with _talking_to_stripe():
+    with talking_to_stripe():
         previous_invoice = gateway.retrieve_subscription(subscription.stripe_id).latest_invoice_id
         changed = gateway.change_price(subscription.stripe_id, plan.stripe_price_id)
-        subscription = _sync_after_change(session, gateway, changed, now=now)
+        subscription = sync_after_change(session, gateway, changed, now=now)
         sync_customer(session, gateway, subscription.customer.stripe_id, now=now)
     audit.record(
         session,
@@ -638,7 +638,7 @@ def cancel_now(
     """End the subscription immediately (no refund); access stops now."""
     _lock_reader(session, reader)
     subscription = _manageable(session, reader, now)
-    with _talking_to_stripe():
+    with talking_to_stripe():
         gateway.cancel_now(subscription.stripe_id)
         subscription = _resync(session, gateway, subscription.stripe_id, now=now)
     _audit(session, reader, "ended", subscription, now)
@@ -679,7 +679,7 @@ def retry_payment(
         raise NothingToManage("No payment is waiting to be made.")
     secret: str | None = None
     try:
-        with _talking_to_stripe():
+        with talking_to_stripe():
             open_invoices = [
                 invoice
                 for invoice in gateway.list_invoices(subscription_id=subscription.stripe_id)
@@ -826,7 +826,7 @@ def start_scheduled(
             idempotency_key=f"tollgate-scheduled-{scheduled.id}",
             tax_rate_ids=taxes.tax_rate_ids(tax_rate),
         )
-    subscription = _sync_after_change(session, gateway, created, now=now)
+    subscription = sync_after_change(session, gateway, created, now=now)
     if subscription.status == SubscriptionStatus.INCOMPLETE:
         mail_payment_problem(session, gateway, subscription, created.latest_invoice_id)
     scheduled.started_at = now
@@ -851,7 +851,7 @@ def start_scheduled(
 # --- after a change on Stripe -------------------------------------------------------------------
 
 
-def _sync_after_change(
+def sync_after_change(
     session: Session, gateway: StripeGateway, changed: StripeSubscriptionData, *, now: datetime
 ) -> Subscription:
     """After we changed a subscription on Stripe: mirror its newest invoice and itself."""
@@ -879,7 +879,7 @@ def _payment_outcome(
     the bank wants 3-D Secure; raises :class:`PaymentFailed` if it was declined."""
     if invoice_id is None or subscription.status not in PROBLEM_STATUSES:
         return None
-    with _talking_to_stripe():
+    with talking_to_stripe():
         intent = gateway.invoice_payment_intent(invoice_id)
     if intent is None or intent.status == "succeeded":
         return None
@@ -916,7 +916,7 @@ def _ensure_customer(
     if customer is not None:
         customer.reader = None
         session.flush()
-    with _talking_to_stripe():
+    with talking_to_stripe():
         data = gateway.create_customer(
             reader.email,
             name=reader.name,
@@ -937,7 +937,8 @@ def _ensure_customer(
     return customer
 
 
-def _mirror_card(customer: Customer, card: CardData) -> None:
+def mirror_card(customer: Customer, card: CardData) -> None:
+    """Copy what we show of ``card`` (brand, last four, country, payment method) onto ``customer``."""
     assign(
         customer,
         {
@@ -998,7 +999,7 @@ def _audit(
 
 
 @contextmanager
-def _talking_to_stripe() -> Iterator[None]:
+def talking_to_stripe() -> Iterator[None]:
     """Turn the gateway's refusals into errors for people: declined cards, Stripe unreachable."""
     try:
         yield

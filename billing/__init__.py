@@ -34,6 +34,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         settings.INSTANCE_DIR.mkdir(exist_ok=True)
 
     app.extensions["clock"] = app.config.get("CLOCK") or SystemClock()
+    from billing import geoip
+
+    geoip.init_app(app)
 
     db.init_app(app)
     app.extensions["decision_cache"] = DecisionCache(

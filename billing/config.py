@@ -204,6 +204,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("VIES_TIMEOUT", "5", "seconds a VIES check may take before it counts as unanswered"),
     Setting(
+        "GEOIP_DATABASE",
+        "",
+        "path of a MaxMind GeoLite2/GeoIP2 Country `.mmdb`: the reader's IP country is then recorded as a third, supporting piece of VAT evidence (needs `tollgate[geoip]`); empty: off",
+    ),
+    Setting(
         "PUBLICATION_NAME",
         "Tollgate",
         "the publication's name, shown on every page and in every mail (`make run`: the demo newspaper)",
@@ -369,6 +374,7 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "VAT_OUTSIDE_EU_RATE": get("VAT_OUTSIDE_EU_RATE").strip(),
         "VIES_URL": get("VIES_URL").strip().rstrip("/"),
         "VIES_TIMEOUT": number("VIES_TIMEOUT", float),
+        "GEOIP_DATABASE": get("GEOIP_DATABASE").strip(),
         **{name: get(name).strip() for name in BRAND_SETTINGS},
         "ECB_RATES_FILE": get("ECB_RATES_FILE"),
         "STRIPE_CONNECT_TIMEOUT": number("STRIPE_CONNECT_TIMEOUT", float),

@@ -150,6 +150,7 @@ def test_the_invoices_page_csv_and_xlsx_show_the_vat_country_kind_rate_and_evide
             "card_country": None,
             "agrees": True,
             "confirmed_by_reader": False,
+            "ip_country": "NL",
         },
     )
     factories.InvoiceFactory(created_at=day + timedelta(days=2))
@@ -157,7 +158,7 @@ def test_the_invoices_page_csv_and_xlsx_show_the_vat_country_kind_rate_and_evide
     report = reports.get("invoices")
     expected = [
         ["DE", "oss", "7.0000", "declared DE, card FR, confirmed by reader"],
-        ["BE", "domestic", "21.0000", "declared BE, card unknown"],
+        ["BE", "domestic", "21.0000", "declared BE, card unknown, IP NL"],
         ["", "", "", ""],
     ]
 

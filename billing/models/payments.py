@@ -54,6 +54,9 @@ class Customer(Base):
     """Evidence of where the customer is: their card's issuing country."""
     country_confirmed_at: Mapped[datetime | None]
     """When the reader confirmed ``country`` although the card says otherwise."""
+    ip_country: Mapped[str | None] = mapped_column(String(2))
+    """Supporting evidence of where the customer is: the country of the IP address they last gave
+    their country or card from (GeoIP, when ``GEOIP_DATABASE`` is set; None when unknown)."""
     vies_valid: Mapped[bool | None] = mapped_column(Boolean)
     """What VIES said of ``vat_id`` (None: not asked, or no answer)."""
     vies_checked_at: Mapped[datetime | None]

@@ -295,8 +295,11 @@ def save_card(
     payment_method_id: str,
     *,
     now: datetime,
+    ip: str | None = None,
 ) -> CardData:
-    """Make the payment method Stripe.js saved the reader's default card; mirror brand and last 4.
+    """Make the payment method Stripe.js saved the reader's default card; mirror brand, last 4
+    and issuing country, and the country of ``ip``, the reader's address, when GeoIP is
+    configured (:func:`billing.services.taxes.record_ip_country`: VAT evidence beside the card's).
 
     Raises :class:`PaymentFailed` when the card is refused, :class:`ValidationFailed` (field
     ``card``) when the payment method is unknown or someone else's.
@@ -314,6 +317,7 @@ def save_card(
     except GatewayError as exc:  # declined and unreachable were turned into errors for people
         raise ValidationFailed(f"This card cannot be used: {exc.message}", field="card") from exc
     mirror_card(customer, card)
+    taxes.record_ip_country(customer, ip)
     audit.record(
         session,
         now=now,

@@ -121,8 +121,10 @@ def change_country(
     confirmed: bool,
     now: datetime,
     settings: taxes.VatSettings,
+    ip: str | None = None,
 ) -> CountryChange:
-    """Make ``country`` the one the reader lives in, from now on.
+    """Make ``country`` the one the reader lives in, from now on; ``ip`` is the address the
+    reader asks from (its country recorded as supporting evidence when GeoIP is configured).
 
     Without a customer on Stripe only the account's country changes (a later subscription is
     taxed by it). With one, the new country is recorded as the declared evidence against the
@@ -147,7 +149,14 @@ def change_country(
     evidence = None
     if customer is not None:
         evidence = taxes.record_country_evidence(
-            session, gateway, customer, new, confirmed=confirmed, now=now, settings=settings
+            session,
+            gateway,
+            customer,
+            new,
+            confirmed=confirmed,
+            now=now,
+            settings=settings,
+            ip=ip,
         )
         after = taxes.treatment_for(customer, now=now, settings=settings)
     else:

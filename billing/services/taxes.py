@@ -9,13 +9,16 @@ The rules of who pays what are in :mod:`billing.services.vat`; this module appli
 - :func:`tax_rates_for` says which Tax Rates a customer's subscription carries today;
 - :func:`record_country_evidence` keeps the declared and card country on the customer and refuses
   to go on, with :class:`CountryUnconfirmed`, while they disagree and the reader has not confirmed;
+  with ``GEOIP_DATABASE`` set it also keeps the country of the reader's IP address, as supporting
+  evidence that never blocks (:func:`ip_country_of`);
 - :func:`apply_rate_changes` is the ``tick`` step that moves each running subscription to the
   rate of its customer's country as of today (a rate change on its date, a reader who moved): the
   new Tax Rate applies from the subscription's next invoice, as Stripe's ``default_tax_rates`` do;
 - :func:`invoice_tax_values` and :func:`refund_taxes` are what the mirror stores.
 
 Settings (``PUBLISHER_COUNTRY``, ``VAT_OUTSIDE_EU_RATE``, ``VIES_URL``, ``VIES_TIMEOUT``) come
-from the app's config, read with :func:`settings_from`.
+from the app's config, read with :func:`settings_from`; :func:`current_settings` adds the app's
+GeoIP database (:mod:`billing.geoip`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from billing.gateway import (
     TaxExempt,
     is_ours,
 )
+from billing.geoip import CountryLookup
 from billing.models import Customer, Invoice, Reader, Refund, Subscription, TaxRate
 from billing.models.payments import ENDED_STATUSES
 from billing.services import audit
@@ -86,24 +90,30 @@ class VatSettings:
     vies_timeout: float = 5.0
     table: RateTable | None = None
     """The rate table to use; the repository's (:func:`billing.services.vat.rate_table`) if None."""
+    geoip: CountryLookup | None = None
+    """Where IP addresses are (``GEOIP_DATABASE``); None: no IP evidence is recorded."""
 
 
-def settings_from(config: Mapping[str, Any]) -> VatSettings:
-    """The VAT settings of an app config (``PUBLISHER_COUNTRY`` defaults to ``BE``)."""
+def settings_from(config: Mapping[str, Any], *, geoip: CountryLookup | None = None) -> VatSettings:
+    """The VAT settings of an app config (``PUBLISHER_COUNTRY`` defaults to ``BE``), with the
+    GeoIP database ``geoip`` when there is one."""
     return VatSettings(
         publisher_country=str(config.get("PUBLISHER_COUNTRY") or "BE").upper(),
         publisher_vat_id=str(config.get("PUBLISHER_VAT_ID") or "") or None,
         outside_eu_rate=Decimal(str(config.get("VAT_OUTSIDE_EU_RATE") or "0")),
         vies_url=str(config.get("VIES_URL") or "") or None,
         vies_timeout=float(config.get("VIES_TIMEOUT") or 5.0),
+        geoip=geoip,
     )
 
 
 def current_settings() -> VatSettings:
-    """The VAT settings of the running app."""
+    """The VAT settings of the running app, with its GeoIP database."""
     from flask import current_app
 
-    return settings_from(current_app.config)
+    from billing import geoip
+
+    return settings_from(current_app.config, geoip=geoip.lookup())
 
 
 # --- who is taxed how ----------------------------------------------------------------------------
@@ -288,6 +298,25 @@ def tax_rate_ids(rate: TaxRate | None) -> tuple[str, ...]:
 # --- the reader's country ------------------------------------------------------------------------
 
 
+def ip_country_of(ip: str | None, settings: VatSettings | None = None) -> str | None:
+    """The country of the reader's IP address ``ip`` by the GeoIP database of ``settings`` (the
+    running app's when None); None without an address, without a database, or for an address
+    the database does not place."""
+    if not ip:
+        return None
+    geoip = (settings or current_settings()).geoip
+    return geoip.country_of(ip) if geoip is not None else None
+
+
+def record_ip_country(
+    customer: Customer, ip: str | None, settings: VatSettings | None = None
+) -> str | None:
+    """Keep on ``customer`` the country of ``ip``, the address the reader is giving evidence
+    from (a card saved, a country declared); None, kept as such, when it is not known."""
+    customer.ip_country = ip_country_of(ip, settings)
+    return customer.ip_country
+
+
 def record_country_evidence(
     session: Session,
     gateway: StripeGateway,
@@ -297,18 +326,26 @@ def record_country_evidence(
     confirmed: bool,
     now: datetime,
     settings: VatSettings | None = None,
+    ip: str | None = None,
 ) -> CountryEvidence:
     """Keep the reader's declared country and their card's country on ``customer``; the declared
     one becomes the taxed ``country`` (also on Stripe, with the customer's ``tax_exempt`` for
-    its treatment in that country: :func:`tax_exempt_for`).
+    its treatment in that country: :func:`tax_exempt_for`). The country of ``ip``, the reader's
+    address, is kept beside them when a GeoIP database is configured (:func:`record_ip_country`).
 
-    When the two disagree and the reader has not ``confirmed``, nothing changes and
-    :class:`CountryUnconfirmed` is raised; a confirmation is recorded with its time and audited.
+    When the declared and card country disagree and the reader has not ``confirmed``, nothing
+    changes and :class:`CountryUnconfirmed` is raised; a confirmation is recorded with its time
+    and audited. An IP country that differs from the others is recorded and never refuses.
     """
-    evidence = CountryEvidence(declared=declared.strip().upper(), card=customer.card_country)
+    evidence = CountryEvidence(
+        declared=declared.strip().upper(),
+        card=customer.card_country,
+        ip=ip_country_of(ip, settings),
+    )
     if not evidence.agrees and not confirmed:
         raise CountryUnconfirmed(evidence)
     changed = customer.country != evidence.declared
+    customer.ip_country = evidence.ip
     customer.declared_country = evidence.declared
     customer.country = evidence.declared
     customer.country_confirmed_at = None if evidence.agrees else now
@@ -338,21 +375,25 @@ def declare_country(
     *,
     confirmed: bool,
     now: datetime,
+    ip: str | None = None,
 ) -> CountryEvidence:
-    """The reader's country as they gave it on the subscribe form, against their saved card's
-    (:func:`record_country_evidence`); needs the customer a saved card created."""
+    """The reader's country as they gave it on the subscribe form from the address ``ip``,
+    against their saved card's (:func:`record_country_evidence`); needs the customer a saved
+    card created."""
     customer = session.scalar(select(Customer).where(Customer.reader_id == reader.id))
     if customer is None:
         raise ValidationFailed("Add a card first.", field="card")
     return record_country_evidence(
-        session, gateway, customer, declared, confirmed=confirmed, now=now
+        session, gateway, customer, declared, confirmed=confirmed, now=now, ip=ip
     )
 
 
 def evidence_of(customer: Customer) -> dict[str, Any]:
     """The evidence as an invoice records it."""
     declared = customer.declared_country or customer.country or ""
-    evidence = CountryEvidence(declared=declared, card=customer.card_country)
+    evidence = CountryEvidence(
+        declared=declared, card=customer.card_country, ip=customer.ip_country
+    )
     return evidence.as_dict(confirmed=customer.country_confirmed_at is not None)
 
 

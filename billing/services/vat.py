@@ -400,10 +400,16 @@ def tax_treatment(
 
 @dataclass(frozen=True, slots=True)
 class CountryEvidence:
-    """The two pieces of evidence of where a reader is (OSS needs two that do not contradict)."""
+    """The evidence of where a reader is: OSS needs two pieces that do not contradict, the
+    declared country and the card's; the IP country (GeoIP, when configured) supports them.
+
+    ``agrees`` compares the declared and the card country only: an IP country that differs is
+    recorded (a reader abroad, a VPN), never a reason to refuse or to ask again.
+    """
 
     declared: str
     card: str | None
+    ip: str | None = None
 
     @property
     def agrees(self) -> bool:
@@ -411,13 +417,17 @@ class CountryEvidence:
         return self.card is None or self.card.upper() == self.declared.upper()
 
     def as_dict(self, *, confirmed: bool) -> dict[str, Any]:
-        """The evidence as stored on the customer and the invoice."""
-        return {
+        """The evidence as stored on the customer and the invoice (``ip_country`` only when
+        there is one, so without GeoIP the record is the same as before it existed)."""
+        recorded: dict[str, Any] = {
             "declared_country": self.declared.upper(),
             "card_country": self.card.upper() if self.card else None,
             "agrees": self.agrees,
             "confirmed_by_reader": confirmed,
         }
+        if self.ip is not None:
+            recorded["ip_country"] = self.ip.upper()
+        return recorded
 
 
 def utc_day(moment: datetime) -> date:

@@ -304,6 +304,7 @@ def country() -> ResponseReturnValue:
             confirmed=bool(form.confirm.data),
             now=now,
             settings=settings,
+            ip=request.remote_addr,
         )
     except taxes.CountryUnconfirmed as unconfirmed:
         session.rollback()

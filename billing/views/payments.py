@@ -364,12 +364,25 @@ def subscribe() -> ResponseReturnValue:
         return _render_subscribe(form, plans, **context), status
     gateway = _gateway()
     try:
-        payments.save_card(session, gateway, reader, form.payment_method.data.strip(), now=now)
+        payments.save_card(
+            session,
+            gateway,
+            reader,
+            form.payment_method.data.strip(),
+            now=now,
+            ip=request.remote_addr,
+        )
         if pending:
             action_secret = payments.retry_payment(session, gateway, reader, now=now)
         else:
             taxes.declare_country(
-                session, gateway, reader, form.country.data, confirmed=False, now=now
+                session,
+                gateway,
+                reader,
+                form.country.data,
+                confirmed=False,
+                now=now,
+                ip=request.remote_addr,
             )
             outcome = payments.subscribe(session, gateway, reader, form.plan.data, now=now)
             action_secret = outcome.action_client_secret
@@ -452,7 +465,15 @@ def confirm_country() -> ResponseReturnValue:
         return _confirm_country_page(form, evidence, 400)
     gateway = _gateway()
     try:
-        taxes.declare_country(session, gateway, reader, form.country.data, confirmed=True, now=now)
+        taxes.declare_country(
+            session,
+            gateway,
+            reader,
+            form.country.data,
+            confirmed=True,
+            now=now,
+            ip=request.remote_addr,
+        )
         outcome = payments.subscribe(session, gateway, reader, form.plan.data, now=now)
     except payments.PaymentFailed as error:
         session.commit()
@@ -554,7 +575,12 @@ def card() -> ResponseReturnValue:
     gateway = _gateway()
     try:
         saved = payments.save_card(
-            session, gateway, reader, form.payment_method.data.strip(), now=now
+            session,
+            gateway,
+            reader,
+            form.payment_method.data.strip(),
+            now=now,
+            ip=request.remote_addr,
         )
         action_secret = None
         if overview.payment_problem:

@@ -5,11 +5,12 @@ Columns this report reads (all in this module): ``invoices.number, created_at, c
 customer_vat_id, tax, total, amount_paid, amount_refunded, currency, status``; the VAT decision
 recorded when the invoice was mirrored (``tax_country``, the member state the VAT is owed to;
 ``tax_kind``, domestic / oss / reverse_charge / outside_eu; ``tax_rate``, the percentage it was
-taxed at; ``tax_evidence``, the declared and card country); the customer's reader e-mail or group
-name; the subscription's plan code. Net is ``total - tax`` (prices include VAT). The evidence is
-written in SQL as one text (``declared BE, card FR``, a missing one ``unknown``, then
-``, confirmed by reader`` when the reader confirmed their country), so the page, CSV, XLSX and PostgreSQL's
-COPY show the same words. Invoices mirrored before VAT landed have these four columns empty.
+taxed at; ``tax_evidence``, the declared and card country, and the IP country when GeoIP gave one);
+the customer's reader e-mail or group name; the subscription's plan code. Net is ``total - tax``
+(prices include VAT). The evidence is written in SQL as one text (``declared BE, card FR``, a
+missing one ``unknown``, then ``, IP DE`` when an IP country was recorded, then ``, confirmed by
+reader`` when the reader confirmed their country), so the page, CSV, XLSX and PostgreSQL's COPY
+show the same words. Invoices mirrored before VAT landed have these four columns empty.
 
 Drafts are not invoices yet and are left out; every other status is listed. The totals per
 currency count paid invoices only: revenue is what was paid (the VAT report counts the same).
@@ -59,16 +60,21 @@ def _owner() -> Any:
 
 
 def _evidence() -> Any:
-    """The invoice's country evidence as text: ``declared BE, card FR, confirmed by reader``."""
+    """The invoice's country evidence as text: ``declared BE, card FR, IP FR, confirmed by
+    reader`` (the IP part only when one was recorded)."""
     evidence = Invoice.tax_evidence
     recorded = evidence["declared_country"].as_string()
     declared = func.coalesce(func.nullif(recorded, ""), "unknown")
     card = func.coalesce(func.nullif(evidence["card_country"].as_string(), ""), "unknown")
+    ip_country = func.nullif(evidence["ip_country"].as_string(), "")
+    ip = case((ip_country.is_(None), literal("")), else_=literal(", IP ", String) + ip_country)
     confirmed = case(
         (evidence["confirmed_by_reader"].as_boolean(), literal(", confirmed by reader")),
         else_=literal(""),
     )
-    text = literal("declared ", String) + declared + literal(", card ", String) + card + confirmed
+    text = (
+        literal("declared ", String) + declared + literal(", card ", String) + card + ip + confirmed
+    )
     return case((recorded.is_(None), None), else_=text)
 
 

@@ -25,6 +25,7 @@ points the store at a file in the process's own pytest temporary directory and, 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -43,6 +44,8 @@ import pytest
 from billing.gateway import StripeGateway
 
 SECRET_KEY = "sk_test_localstripe"  # localstripe accepts any key starting with sk_
+CHECKOUT = Path(__file__).resolve().parent.parent
+"""The checkout under test: its ``billing.devstripe`` is the one served (not an installed copy)."""
 STARTUP_DEADLINE = 30.0
 
 
@@ -87,6 +90,7 @@ class LocalstripeServer:
                         "--from-scratch",
                     ],
                     cwd=self.workdir,
+                    env=_served_from_checkout(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -208,6 +212,13 @@ class LocalstripeServer:
         fields = {"client_secret": client_secret, "success": "true" if success else "false"}
         authenticated: dict[str, Any] = self.request("POST", path, fields)
         return authenticated
+
+
+def _served_from_checkout() -> dict[str, str]:
+    """The environment for the server: this checkout first on the import path, so that the
+    stand-in of the code under test is served even where another checkout is installed."""
+    paths = [str(CHECKOUT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def _flatten(fields: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:

@@ -432,11 +432,12 @@ def test_a_switch_confirmed_from_a_stale_or_missing_preview_is_shown_again_as_of
     stale = confirm(client, "/account/subscription/switch", plan=YEARLY, proration_date=shown)
     missing = confirm(client, "/account/subscription/switch", plan=YEARLY)
     forged = confirm(client, "/account/subscription/switch", plan=YEARLY, proration_date="1e9")
+    huge = confirm(client, "/account/subscription/switch", plan=YEARLY, proration_date="9" * 40)
 
     assert stale.status_code == 409
     assert "The price shown is out of date" in page_text(stale)
     assert f'value="{int(clock.now().timestamp())}"' in stale.get_data(as_text=True)
-    for refused in (missing, forged):
+    for refused in (missing, forged, huge):
         assert refused.status_code == 400
         assert "This switch was not previewed" in page_text(refused)
     assert "Plan Monthly" in page_text(client.get("/account")), "nothing was switched"

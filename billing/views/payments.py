@@ -263,7 +263,7 @@ class SwitchForm(FlaskForm):
     def validate_proration_date(self, field: Field) -> None:
         """Whole Unix seconds, as the page wrote them."""
         text = (field.data or "").strip()
-        if not text.isascii() or not text.isdigit() or len(text) > 12:
+        if not text.isascii() or not text.isdigit() or len(text) > 11:
             raise ValidationError("This switch was not previewed: look at the switch again.")
 
     def preview_moment(self) -> datetime:

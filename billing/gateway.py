@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from stripe.params import (
         CustomerCreateParams,
         CustomerUpdateParams,
+        InvoiceCreatePreviewParamsSubscriptionDetails,
         InvoiceListParams,
         PlanCreateParams,
         PlanListParams,
@@ -854,10 +855,12 @@ class _LocalstripeDialect(_Dialect):
     - No disputes, trials (status ``trialing`` never happens), Checkout, Billing Portal or test
       clocks.
     - Proration is crude: a price change adds "Unused time" items worth minus every earlier
-      invoice of the subscription; a change of interval (monthly <-> yearly) invoices and
-      charges at once, restarting the period. A change of quantity ignores ``proration_date``
-      and its preview needs the plan on every item: :mod:`billing.devstripe_prorations` makes
-      both prorate by the second, as Stripe does.
+      invoice of the subscription, whatever ``proration_date`` says; a change of interval
+      (monthly <-> yearly) invoices and charges at once, restarting the period. A change of
+      quantity ignores ``proration_date`` and its preview needs the plan on every item:
+      :mod:`billing.devstripe_prorations` makes both prorate by the second, as Stripe does, and
+      ``billing.devstripe_billing`` credits a change of interval as Stripe does: the old price's
+      share of the period left at ``proration_date`` (the preview's too).
     - Failing payments: card 4000000000000341 and SEPA IBAN DE62370400440532013001 are declined,
       card 4000008260003178 needs 3-D Secure (``POST /v1/payment_intents/<id>/_authenticate`` with
       ``client_secret`` and ``success``) and is declined even after it. A first invoice declined
@@ -1358,32 +1361,51 @@ class StripeGateway:
 
     @_translating
     def change_price(
-        self, subscription_id: str, price_id: str, *, quantity: int | None = None
+        self,
+        subscription_id: str,
+        price_id: str,
+        *,
+        quantity: int | None = None,
+        proration_date: datetime | None = None,
     ) -> StripeSubscriptionData:
         """Move the subscription to another price (monthly <-> yearly), keeping its quantity unless
-        one is given. A change of interval invoices and charges at once."""
+        one is given. A change of interval invoices and charges at once.
+
+        ``proration_date``: prorate as though the change happened then (Stripe's
+        ``proration_date``), the moment :meth:`preview_price_change` was asked for, so that the
+        charge is the one previewed; without it Stripe prorates at its own clock's now.
+        """
         current = self.retrieve_subscription(subscription_id)
         item = self._dialect.changed_item(
             current.item_id, price_id, current.quantity if quantity is None else quantity
         )
+        params: SubscriptionUpdateParams = {"items": [item]}
+        if proration_date is not None:
+            params["proration_date"] = int(proration_date.timestamp())
         return self._subscription(
-            self._client.v1.subscriptions.update(subscription_id, {"items": [item]}).to_dict()
+            self._client.v1.subscriptions.update(subscription_id, params).to_dict()
         )
 
     @_translating
-    def preview_price_change(self, subscription_id: str, price_id: str) -> PriceChangePreviewData:
+    def preview_price_change(
+        self, subscription_id: str, price_id: str, *, proration_date: datetime | None = None
+    ) -> PriceChangePreviewData:
         """What :meth:`change_price` to another interval would invoice now (Stripe's
         ``POST /v1/invoices/create_preview`` with the subscription's item moved to ``price_id``);
-        nothing is changed."""
+        nothing is changed. ``proration_date`` (Stripe's ``subscription_details.proration_date``)
+        prorates as of that moment; pass the same to :meth:`change_price` to be charged this."""
         current = self.retrieve_subscription(subscription_id)
         item = self._dialect.changed_item(current.item_id, price_id, current.quantity)
+        # The same change as change_price, with Stripe's default proration: a change of
+        # interval resets the billing cycle, so the preview is the invoice made at once.
+        details: InvoiceCreatePreviewParamsSubscriptionDetails = {"items": [item]}
+        if proration_date is not None:
+            details["proration_date"] = int(proration_date.timestamp())
         raw = self._client.v1.invoices.create_preview(
             {
                 "customer": current.customer_id,
                 "subscription": subscription_id,
-                # The same change as change_price, with Stripe's default proration: a change of
-                # interval resets the billing cycle, so the preview is the invoice made at once.
-                "subscription_details": {"items": [item]},
+                "subscription_details": details,
             }
         ).to_dict()
         return PriceChangePreviewData(

@@ -28,7 +28,7 @@ import calendar
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -102,6 +102,12 @@ class CardRequired(Conflict):
     """Subscribing needs a saved card first."""
 
     code = "card_required"
+
+
+class PreviewExpired(Conflict):
+    """The switch preview the reader confirmed is too old (or not one we made): preview again."""
+
+    code = "preview_expired"
 
 
 class PaymentServiceUnavailable(DomainError):
@@ -495,10 +501,20 @@ def resume(
     return subscription
 
 
+SWITCH_PREVIEW_MAX_AGE = timedelta(minutes=30)
+"""How long a switch preview may be confirmed: its proration moment is charged as shown until
+then; an older one is shown again as of now."""
+
+
 @dataclass(frozen=True)
 class SwitchPreview:
     """What switching to ``plan`` charges: ``charged_now`` at once (after the credit), then
-    ``next_amount`` on ``next_charge_at``; ``credit_after`` is the credit left over."""
+    ``next_amount`` on ``next_charge_at``; ``credit_after`` is the credit left over.
+
+    ``proration_date`` is the moment the unused time was priced at (whole seconds): confirming
+    with it (:func:`switch_plan`) charges exactly ``charged_now``, however late the reader
+    clicks, within :data:`SWITCH_PREVIEW_MAX_AGE`.
+    """
 
     plan: Plan
     charged_now: int
@@ -506,6 +522,7 @@ class SwitchPreview:
     next_charge_at: datetime
     next_amount: int
     currency: str
+    proration_date: datetime
 
 
 def add_interval(moment: datetime, interval: BillingInterval) -> datetime:
@@ -521,21 +538,32 @@ def preview_switch(
     session: Session, gateway: StripeGateway, reader: Reader, plan_code: str, *, now: datetime
 ) -> SwitchPreview:
     """What :func:`switch_plan` to ``plan_code`` would charge now and later, asked of Stripe's
-    invoice preview (nothing changes). A scheduled start charges nothing before it starts."""
+    invoice preview (nothing changes), prorated as of ``now``. A scheduled start charges
+    nothing before it starts."""
     plan = _sellable_plan(session, plan_code)
     assert plan.stripe_price_id is not None
     scheduled = _pending_schedule(session, reader)
     subscription = _running_subscription(session, reader, now)
     customer = customer_of(session, reader)
     credit = customer.credit if customer is not None else 0
+    moment = now.replace(microsecond=0)
     if subscription is None:
         if scheduled is None:
             raise NothingToManage("You have no subscription to switch.")
         return SwitchPreview(
-            plan, 0, credit, scheduled.starts_at, max(0, plan.amount - credit), plan.currency
+            plan,
+            0,
+            credit,
+            scheduled.starts_at,
+            max(0, plan.amount - credit),
+            plan.currency,
+            moment,
         )
+    moment = _priced_now(subscription, now)
     with talking_to_stripe():
-        preview = gateway.preview_price_change(subscription.stripe_id, plan.stripe_price_id)
+        preview = gateway.preview_price_change(
+            subscription.stripe_id, plan.stripe_price_id, proration_date=moment
+        )
     credit_after = max(0, credit - preview.total)
     amount = plan.amount * subscription.quantity
     if plan.interval != subscription.plan.interval:
@@ -549,17 +577,29 @@ def preview_switch(
         next_at,
         max(0, amount - credit_after),
         preview.currency or plan.currency,
+        moment,
     )
 
 
 def switch_plan(
-    session: Session, gateway: StripeGateway, reader: Reader, plan_code: str, *, now: datetime
+    session: Session,
+    gateway: StripeGateway,
+    reader: Reader,
+    plan_code: str,
+    *,
+    now: datetime,
+    proration_date: datetime | None = None,
 ) -> Subscription | ScheduledSubscription:
     """Move the reader to another individual plan (monthly <-> yearly).
 
     A scheduled start just changes its plan. A running subscription changes its price on Stripe,
     which invoices the difference at once; if that payment fails the change is mirrored (the
     subscription is then ``past_due``) and :class:`PaymentFailed` is raised.
+
+    ``proration_date`` is the :class:`SwitchPreview`'s the reader confirmed: Stripe prorates as
+    of that moment, so the charge is the one they were shown (without it, as of ``now``). It
+    raises :class:`PreviewExpired` when it is in the future, older than
+    :data:`SWITCH_PREVIEW_MAX_AGE`, or from before the current period (a renewal since).
     """
     _lock_reader(session, reader)
     plan = _sellable_plan(session, plan_code)
@@ -597,12 +637,15 @@ def switch_plan(
             "Your first payment has not gone through yet: update your card first.",
             field="card",
         )
+    moment = _proration_moment(subscription, proration_date, now=now)
     before_plan = subscription.plan
     before = before_plan.code
     changed_invoice: Invoice | None = None
     with talking_to_stripe():
         previous_invoice = gateway.retrieve_subscription(subscription.stripe_id).latest_invoice_id
-        changed = gateway.change_price(subscription.stripe_id, plan.stripe_price_id)
+        changed = gateway.change_price(
+            subscription.stripe_id, plan.stripe_price_id, proration_date=moment
+        )
         subscription = sync_after_change(session, gateway, changed, now=now)
         sync_customer(session, gateway, subscription.customer.stripe_id, now=now)
     audit.record(
@@ -634,6 +677,38 @@ def switch_plan(
         key=f"{subscription.stripe_id}:{changed.latest_invoice_id}:{plan.code}",
     )
     return subscription
+
+
+def _priced_now(subscription: Subscription, now: datetime) -> datetime:
+    """The moment a switch made now is prorated at: ``now`` in whole seconds, and never before
+    the current period (whose start is Stripe's clock, which may run a little ahead of ours)."""
+    return max(now.replace(microsecond=0), subscription.current_period_start)
+
+
+def _proration_moment(
+    subscription: Subscription, proration_date: datetime | None, *, now: datetime
+) -> datetime:
+    """The moment a switch is prorated at: the confirmed preview's, checked, or now."""
+    latest = _priced_now(subscription, now)
+    if proration_date is None:
+        return latest
+    if proration_date.tzinfo is None:
+        raise PreviewExpired(
+            "This preview is not one we made: look at the switch again.", field="proration_date"
+        )
+    if proration_date > latest:
+        raise PreviewExpired(
+            "This preview is dated in the future: look at the switch again.",
+            field="proration_date",
+        )
+    if now - proration_date > SWITCH_PREVIEW_MAX_AGE or (
+        proration_date < subscription.current_period_start
+    ):
+        raise PreviewExpired(
+            "The price shown is out of date: here it is again as of now. Please confirm again.",
+            field="proration_date",
+        )
+    return proration_date
 
 
 def cancel_now(

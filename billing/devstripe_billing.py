@@ -154,6 +154,8 @@ def invoice_lines(invoice: Any, customer: Any) -> list[str]:
         f"Amount due: {_amount(invoice.amount_due, invoice.currency)}",
         f"Status: {invoice.status}",
     ]
+    if getattr(customer, "tax_exempt", "none") == "reverse":
+        lines.append("Reverse charge")  # what Stripe prints for a customer with tax_exempt=reverse
     return lines
 
 

@@ -7,7 +7,8 @@ currency (lower case, as Stripe gives it); times are timezone-aware UTC datetime
 **Construction.** The gateway is injected: ``StripeGateway(client, api_base=...)`` takes a
 ``stripe.StripeClient``; ``StripeGateway.from_config(app.config)`` builds one from
 ``STRIPE_SECRET_KEY`` and ``STRIPE_API_BASE``. Nothing is configured at import time and there is no
-module-level ``stripe.api_key``. The API version is pinned in :data:`STRIPE_API_VERSION`.
+module-level ``stripe.api_key``. stripe-python itself is imported on the first call to Stripe (its
+types only for the type checker), so a process that never calls Stripe never loads it. The API version is pinned in :data:`STRIPE_API_VERSION`.
 
 **Ours or not.** Every object the gateway creates carries ``metadata.tollgate_app = "tollgate"``
 plus specific ``tollgate_*`` keys (``tollgate_reader_id``, ``tollgate_group_id``, ``tollgate_plan``,
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -42,28 +44,30 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, ParamSpec, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
-import stripe
-from stripe.params import (
-    CustomerCreateParams,
-    CustomerUpdateParams,
-    InvoiceListParams,
-    PlanCreateParams,
-    PlanListParams,
-    PriceCreateParams,
-    PriceListParams,
-    ProductCreateParams,
-    RefundCreateParams,
-    RefundListParams,
-    SetupIntentCreateParams,
-    SubscriptionCreateParams,
-    SubscriptionCreateParamsItem,
-    SubscriptionListParams,
-    SubscriptionUpdateParams,
-    SubscriptionUpdateParamsItem,
-)
+if TYPE_CHECKING:
+    import stripe
+    from stripe.params import (
+        CustomerCreateParams,
+        CustomerUpdateParams,
+        InvoiceListParams,
+        PlanCreateParams,
+        PlanListParams,
+        PriceCreateParams,
+        PriceListParams,
+        ProductCreateParams,
+        RefundCreateParams,
+        RefundListParams,
+        SetupIntentCreateParams,
+        SubscriptionCreateParams,
+        SubscriptionCreateParamsItem,
+        SubscriptionListParams,
+        SubscriptionUpdateParams,
+        SubscriptionUpdateParamsItem,
+    )
+
 
 STRIPE_API_VERSION: Final = "2026-10-28.endive"
 """The Stripe API version every request asks for: the one stripe-python 16.1.0 is generated for."""
@@ -85,6 +89,10 @@ Interval = Literal["day", "week", "month", "year"]
 CollectionMethod = Literal["charge_automatically", "send_invoice"]
 RefundReason = Literal["duplicate", "fraudulent", "requested_by_customer"]
 PaymentMethodType = Literal["card", "sepa_debit"]
+TaxExempt = Literal["none", "exempt", "reverse"]
+"""A customer's ``tax_exempt`` as Stripe documents it: ``reverse`` for an EU business taxed by
+reverse charge (Stripe then prints "Reverse charge" on its invoice and receipt PDFs), ``none``
+otherwise (``exempt`` exists on Stripe; Tollgate never uses it)."""
 
 _Raw = dict[str, Any]
 _P = ParamSpec("_P")
@@ -121,6 +129,8 @@ class UnsupportedByServerError(GatewayError):
 
 
 def _translate(exc: stripe.StripeError) -> GatewayError:
+    import stripe
+
     message = exc.user_message or str(exc) or type(exc).__name__
     code = exc.code
     status = exc.http_status
@@ -135,6 +145,12 @@ def _translate(exc: stripe.StripeError) -> GatewayError:
     return GatewayError(message, code=code, http_status=status)
 
 
+def _is_stripe_error(exc: BaseException) -> TypeGuard[stripe.StripeError]:
+    """Whether ``exc`` is stripe-python's (never when stripe-python was not even imported yet)."""
+    sdk = sys.modules.get("stripe")
+    return sdk is not None and isinstance(exc, sdk.StripeError)
+
+
 def _translating(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Turn stripe-python's exceptions into the gateway's, so callers never see ``stripe.*``."""
 
@@ -142,8 +158,10 @@ def _translating(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
-        except stripe.StripeError as exc:
-            raise _translate(exc) from exc
+        except Exception as exc:
+            if _is_stripe_error(exc):
+                raise _translate(exc) from exc
+            raise
 
     return wrapper
 
@@ -190,6 +208,8 @@ class StripeCustomerData:
     metadata: dict[str, str] = field(default_factory=dict)
     balance: int = 0
     """Stripe's ``balance``, in minor units: negative is a credit the next invoices use first."""
+    tax_exempt: str = "none"
+    """Stripe's ``tax_exempt``: ``none``, ``exempt`` or ``reverse`` (see :data:`TaxExempt`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1031,12 +1051,25 @@ class StripeGateway:
     """
 
     def __init__(
-        self, client: stripe.StripeClient, *, api_base: str, server: Server | None = None
+        self,
+        client: stripe.StripeClient | Callable[[], stripe.StripeClient],
+        *,
+        api_base: str,
+        server: Server | None = None,
     ) -> None:
-        """Wrap ``client``, which talks to ``api_base``; ``server`` overrides the guess from it."""
-        self._client = client
+        """Wrap ``client`` (or the client a function builds on the first call to Stripe), which
+        talks to ``api_base``; ``server`` overrides the guess from it."""
+        self._given = client
         self._api_base = api_base.rstrip("/")
         self._dialect = _dialect_for(self._api_base, server)
+
+    @functools.cached_property
+    def _client(self) -> stripe.StripeClient:
+        """The client, built on first use when a function was given: stripe-python and its HTTP
+        clients (about 30 MB) are imported only by a process that calls Stripe, not by every one
+        that builds the app (the export command, the worker before its first event)."""
+        given = self._given
+        return given() if callable(given) else given
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> StripeGateway:
@@ -1052,14 +1085,20 @@ class StripeGateway:
             float(config.get("STRIPE_CONNECT_TIMEOUT", 2)),
             float(config.get("STRIPE_READ_TIMEOUT", 5)),
         )
-        client = stripe.StripeClient(
-            secret_key,
-            base_addresses={"api": api_base},
-            stripe_version=STRIPE_API_VERSION,
-            max_network_retries=int(config.get("STRIPE_MAX_NETWORK_RETRIES", 2)),
-            http_client=stripe.RequestsClient(timeout=timeouts),
-        )
-        return cls(client, api_base=api_base)
+        retries = int(config.get("STRIPE_MAX_NETWORK_RETRIES", 2))
+
+        def connect() -> stripe.StripeClient:
+            import stripe
+
+            return stripe.StripeClient(
+                secret_key,
+                base_addresses={"api": api_base},
+                stripe_version=STRIPE_API_VERSION,
+                max_network_retries=retries,
+                http_client=stripe.RequestsClient(timeout=timeouts),
+            )
+
+        return cls(connect, api_base=api_base)
 
     @property
     def server(self) -> Server:
@@ -1133,12 +1172,16 @@ class StripeGateway:
         name: str | None = None,
         country: str | None = None,
         vat_id: str | None = None,
+        tax_exempt: TaxExempt | None = None,
         metadata: Mapping[str, str | int] | None = None,
         idempotency_key: str | None = None,
     ) -> StripeCustomerData:
         """Create a customer tagged as ours (pass ``tollgate_reader_id`` or ``tollgate_group_id``
-        in ``metadata``); ``vat_id`` is an EU VAT number."""
+        in ``metadata``); ``vat_id`` is an EU VAT number; ``tax_exempt`` is left to Stripe's
+        default (``none``) when not given."""
         params: CustomerCreateParams = {"email": email, "metadata": _tag(metadata)}
+        if tax_exempt is not None:
+            params["tax_exempt"] = tax_exempt
         if name:
             params["name"] = name
         if country:
@@ -1158,9 +1201,13 @@ class StripeGateway:
         email: str | None = None,
         name: str | None = None,
         country: str | None = None,
+        tax_exempt: TaxExempt | None = None,
     ) -> StripeCustomerData:
-        """Change a customer's e-mail, name or country; what is not given stays as it is."""
+        """Change a customer's e-mail, name, country or ``tax_exempt``; what is not given stays
+        as it is."""
         params: CustomerUpdateParams = {}
+        if tax_exempt is not None:
+            params["tax_exempt"] = tax_exempt
         if email is not None:
             params["email"] = email
         if name is not None:
@@ -1430,6 +1477,8 @@ class StripeGateway:
 
         A declined payment is not an error: the returned invoice is then still ``open``.
         """
+        import stripe
+
         try:
             self._client.v1.invoices.pay(invoice_id)
         except stripe.CardError:
@@ -1675,6 +1724,7 @@ class StripeGateway:
             deleted=bool(raw.get("deleted")),
             metadata=_metadata(raw.get("metadata")),
             balance=_int(raw.get("balance")),
+            tax_exempt=_opt_str(raw.get("tax_exempt")) or "none",
         )
 
     def _card(self, raw: _Raw) -> CardData:

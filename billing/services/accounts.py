@@ -8,6 +8,7 @@ any password change, kills every older link), an e-mail change link names the ne
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -20,7 +21,6 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
-from zxcvbn import zxcvbn
 
 from billing.errors import Conflict, DomainError, ValidationFailed
 from billing.models import Reader
@@ -34,7 +34,14 @@ PASSWORD_STRENGTH_CHECKED = 100
 """Only this many characters are given to zxcvbn (its time grows with the length)."""
 GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 # A hash of a random password, so unknown e-mails cost the same time as wrong passwords.
-_DUMMY_HASH = generate_password_hash("tollgate-timing-equaliser")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check unknown e-mails' passwords against, so they take as long as known ones;
+    made on the first login, not at import (scrypt takes 32 MB while it runs, which every process
+    building the app, the export command too, would otherwise pay for)."""
+    return generate_password_hash("tollgate-timing-equaliser")
 
 
 class InvalidLink(DomainError):
@@ -91,6 +98,8 @@ def check_password(password: str, *, email: str = "", field: str = "password") -
         )
     if email and password.strip().lower() == email:
         raise ValidationFailed("Your password must not be your e-mail address.", field=field)
+    from zxcvbn import zxcvbn  # its dictionaries take 12 MB: loaded by the first password set
+
     strength = zxcvbn(password[:PASSWORD_STRENGTH_CHECKED], user_inputs=[email, *email.split("@")])
     if strength["score"] < PASSWORD_MIN_STRENGTH:
         warning = str(strength["feedback"].get("warning") or "").strip()
@@ -169,9 +178,10 @@ def authenticate(session: Session, email: str, password: str) -> Reader | None:
         normalised = normalise_email(email)
     except ValidationFailed:
         normalised = ""
+    dummy = _dummy_hash()
     reader = find_by_email(session, normalised) if normalised else None
     if reader is None:
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(dummy, password)
         return None
     if not check_password_hash(reader.password_hash, password):
         return None

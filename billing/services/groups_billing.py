@@ -146,6 +146,7 @@ def create_group(
             name=clean_name,
             country=code,
             vat_id=vat,
+            tax_exempt=taxes.tax_exempt_for(treatment),
             metadata={"tollgate_group_id": group.public_id},
             idempotency_key=f"tollgate-group-customer-{group.public_id}",
         )

@@ -81,6 +81,33 @@ def welcome(
     )
 
 
+def after_first_payment(
+    session: Session, subscription: Subscription, *, scheduled: bool, now: datetime
+) -> None:
+    """Welcome the reader whose first payment went through after they subscribed (confirmed
+    with 3-D Secure, or paid with another card after a decline), as the mirror sees the
+    subscription leave ``incomplete``.
+
+    Under the key :func:`billing.services.payments.subscribe` uses for a payment that went
+    through at once, so however both paths and Stripe's events meet, the reader gets one
+    welcome. Nobody is welcomed for a group's subscription (its admin buys seats, members get
+    their invites), nor for a start scheduled at a trial's end (welcomed when it was scheduled).
+    """
+    if scheduled or subscription.group_id is not None or subscription.reader_id is None:
+        return
+    reader = session.get(Reader, subscription.reader_id)
+    if reader is None:
+        return
+    welcome(
+        session,
+        reader,
+        subscription.plan,
+        first_charge_at=now,
+        charged_now=True,
+        key=subscription.stripe_id,
+    )
+
+
 def receipt(session: Session, invoice: Invoice) -> None:
     """The receipt of a paid invoice: amount, VAT, number and links to the invoice and its PDF."""
     to, name = _recipient(session.get_one(Customer, invoice.customer_id))

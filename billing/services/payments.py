@@ -408,6 +408,7 @@ def subscribe(
     )
     secret = _payment_outcome(gateway, created.latest_invoice_id, subscription)
     if secret is None:
+        # Paid later (3-D Secure, another card): the mirror welcomes, under the same key.
         notices.welcome(
             session, reader, plan, first_charge_at=now, charged_now=True, key=subscription.stripe_id
         )

@@ -22,7 +22,9 @@ reconcile`` reports it), and the call returns that row (or ``None``).
 the :class:`SubscriptionEvent` rows for what changed (see :func:`_ledger`); an upsert that changes
 nothing appends nothing, so the same event handled any number of times has one effect. Likewise a
 subscription turning past due or unpaid mails its reader once per failure
-(:func:`mail_payment_problem`), not once per event.
+(:func:`mail_payment_problem`), not once per event, and one leaving ``incomplete`` for
+``active`` (a first payment confirmed with 3-D Secure or paid with another card) welcomes its
+reader (:func:`billing.services.notices.after_first_payment`).
 """
 
 from __future__ import annotations
@@ -559,6 +561,9 @@ def _apply_subscription(
     _ledger(session, gateway, row, before, _State.of(row), data, now=now, event_id=event_id)
     if status in DUNNING_STATUSES and before.status not in DUNNING_STATUSES:
         mail_payment_problem(session, gateway, row, data.latest_invoice_id)
+    if before.status == SubscriptionStatus.INCOMPLETE and status == SubscriptionStatus.ACTIVE:
+        scheduled = bool(data.metadata.get("tollgate_scheduled_id"))
+        notices.after_first_payment(session, row, scheduled=scheduled, now=now)
     return _Synced(row, Change.UPDATED)
 
 

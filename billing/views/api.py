@@ -8,7 +8,6 @@ they answer from the client cache and the decision cache, and read the clock onc
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from billing.services import (
     api_clients,
     decision_cache,
     entitlements,
+    group_networks,
     legacy_tokens,
     token_keys,
 )
@@ -56,7 +56,7 @@ bp = Blueprint("api", __name__)
 
 _READER_ID = re.compile(r"rdr_[A-Za-z0-9_-]{1,28}")
 _IP_CHARACTERS = re.compile(r"[0-9A-Fa-f:.]+")
-"""The longest textual IP address (IPv6 with an embedded IPv4 address)."""
+"""What a plain IPv4 or IPv6 address is written with (no spaces, brackets, ports or zones)."""
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _CHECK_MEMBERS = ("token", "reader_id", "ip")
 
@@ -197,7 +197,7 @@ def _ip(value: Any, *, required: bool) -> str | None:
     if len(value) > inputs.IP_MAX_LENGTH or not _IP_CHARACTERS.fullmatch(value):
         raise ValidationFailed("This is not an IPv4 or IPv6 address.", field="ip")
     try:
-        return str(ipaddress.ip_address(value))
+        return group_networks.normalised_address(value)
     except ValueError as exc:
         raise ValidationFailed("This is not an IPv4 or IPv6 address.", field="ip") from exc
 

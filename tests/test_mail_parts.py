@@ -1,0 +1,174 @@
+"""Every mail a reader gets has a plain-text and an HTML part in the publication's brand: the
+account mails (verify, reset, sign-up attempt, e-mail change), the trial mails and the payment
+failure, sent through the outbox to a real SMTP server. (The money events' mails are checked the
+same way in ``test_reader_money``.)"""
+
+from __future__ import annotations
+
+import re
+from email.message import EmailMessage
+from html import escape
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskCliRunner
+from sqlalchemy.orm import Session
+
+from billing.clock import FixedClock
+from billing.gateway import StripeGateway
+from billing.models import SubscriptionStatus
+from billing.services import stripe_mirror, trials
+from billing.worker import Worker
+from tests import factories
+from tests.conftest import csrf_token, post_form
+from tests.test_smtp import Collector, smtp_server  # noqa: F401 - the SMTP server fixture
+
+MAIL_TEMPLATES = Path(__file__).parent.parent / "billing" / "templates" / "mail"
+GROUP_MAILS = {
+    "group_invite",
+    "group_payment_failed",
+    "group_seat_idle",
+    "group_seat_reclaimed",
+    "group_seats_full",
+}
+"""Mails about an organisation's seats (to its admins and invitees): plain text for now."""
+BRAND = {
+    "PUBLICATION_NAME": "The Daily Meridian",
+    "PUBLICATION_URL": "https://meridian.example",
+    "PUBLICATION_ACCENT": "#8a1c1c",
+    "PUBLICATION_LOGO": "https://meridian.example/logo.png",
+    "SUPPORT_EMAIL": "help@meridian.example",
+    "TERMS_URL": "https://meridian.example/terms",
+    "PRIVACY_URL": "https://meridian.example/privacy",
+    "IMPRINT_URL": "https://meridian.example/imprint",
+}
+
+
+@pytest.fixture
+def app_config(
+    app_config: dict[str, Any],
+    smtp_server: tuple[Collector, int],  # noqa: F811 - the fixture imported above
+) -> dict[str, Any]:
+    """Mail goes to the local SMTP server, under the demo newspaper's brand."""
+    _, port = smtp_server
+    return {
+        **app_config,
+        **BRAND,
+        "SMTP_URL": f"smtp://127.0.0.1:{port}",
+        "MAIL_FROM": "The Daily Meridian <billing@meridian.example>",
+    }
+
+
+class _Html(HTMLParser):
+    """What an accessibility check needs of an HTML mail: links, images, the language."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.images: list[dict[str, str | None]] = []
+        self.lang: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "a":
+            self.hrefs.append(values.get("href") or "")
+        elif tag == "img":
+            self.images.append(values)
+        elif tag == "html":
+            self.lang = values.get("lang")
+
+
+def parts(message: EmailMessage) -> tuple[str, str]:
+    """The plain-text and HTML parts of a multipart/alternative mail."""
+    assert message.get_content_type() == "multipart/alternative", message["Subject"]
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None
+    return str(text.get_content()), str(html.get_content())
+
+
+def test_every_readers_mail_template_has_an_html_part() -> None:
+    texts = {p.stem for p in MAIL_TEMPLATES.glob("*.txt") if not p.stem.startswith("_")}
+    htmls = {p.stem for p in MAIL_TEMPLATES.glob("*.html") if not p.stem.startswith("_")}
+
+    assert {"verify_email", "password_reset", "trial_reminder", "trial_ended"} <= texts
+    assert texts - htmls == GROUP_MAILS
+
+
+def test_account_trial_and_payment_mails_arrive_in_both_parts_in_the_publications_brand(
+    app: Flask,
+    session: Session,
+    clock: FixedClock,
+    runner: FlaskCliRunner,
+    smtp_server: tuple[Collector, int],  # noqa: F811
+) -> None:
+    collector, _ = smtp_server
+    client = app.test_client()
+    new = {"email": "ada@example.org", "password": "a long enough password", "name": "Ada"}
+    assert post_form(client, "/signup", {**new, "country": "BE"}).status_code == 302
+    assert (
+        post_form(
+            client,
+            "/account/email",
+            {
+                "password": new["password"],
+                "new_email": "ada@elsewhere.example",
+            },
+        ).status_code
+        == 302
+    )
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/account")})
+    assert post_form(client, "/signup", {**new, "country": "BE"}).status_code == 302
+    assert post_form(client, "/password/reset", {"email": new["email"]}).status_code == 302
+    trial_reader = factories.reader(email="tina@example.org", name="Tina")
+    trials.start_trial(session, trial_reader, now=clock.now(), days=14)
+    subscription = factories.SubscriptionFactory(status=SubscriptionStatus.PAST_DUE)
+    session.commit()
+    stripe_mirror.mail_payment_problem(
+        session, StripeGateway.from_config(dict(app.config)), subscription, None
+    )
+    session.commit()
+    clock.advance(days=11, minutes=1)
+    assert runner.invoke(args=["billing", "tick"]).exit_code == 0
+    clock.advance(days=3)
+    assert runner.invoke(args=["billing", "tick"]).exit_code == 0
+
+    Worker(app).run_once()
+
+    by_subject = {m["Subject"]: m for m in collector.messages()}
+    assert set(by_subject) == {
+        "Confirm your e-mail address",
+        "Confirm your new e-mail address",
+        "Someone tried to sign up with your address",
+        "Choose a new password",
+        "Your free trial ends in 3 days",
+        "Your free trial has ended",
+        "Your payment failed",
+    }
+    for subject, message in by_subject.items():
+        text, html = parts(message)
+        found = _Html()
+        found.feed(html)
+        assert found.lang == "en" and f"<title>{subject}</title>" in html
+        assert [image.get("alt") for image in found.images] == ["The Daily Meridian"]
+        assert "#8a1c1c" in html and "mailto:help@meridian.example" in found.hrefs
+        assert "https://meridian.example/terms" in found.hrefs
+        assert "The Daily Meridian" in text and "help@meridian.example" in text
+        links = set(re.findall(r"https?://\S*[^\s.,:;]", text))
+        assert links and links <= set(found.hrefs), f"{subject}: every link a real link"
+        assert "unsubscribe" not in (text + html).lower()
+    for subject, path in (
+        ("Confirm your e-mail address", "/verify-email"),
+        ("Choose a new password", "/password/reset/"),
+        ("Confirm your new e-mail address", "/account/email/confirm"),
+    ):
+        text, html = parts(by_subject[subject])
+        [link] = re.findall(rf"http://localhost{path}\S+", text)
+        assert f">{escape(link)}</a>" in html, f"{subject}: the link shown to copy, if need be"
+    _, failed_html = parts(by_subject["Your payment failed"])
+    assert "http://localhost/account/card" in failed_html and "Update your card" in failed_html
+    _, ended_html = parts(by_subject["Your free trial has ended"])
+    assert "http://localhost/subscribe" in ended_html

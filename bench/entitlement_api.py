@@ -201,8 +201,9 @@ def api_key(url: str) -> str:
 
 
 @contextmanager
-def served(target: str, env: dict[str, str]) -> Iterator[str]:
-    """Serve ``target`` with gunicorn (2 sync workers) on a free port; yield its base URL."""
+def served(target: str, env: dict[str, str], threads: int = 1) -> Iterator[str]:
+    """Serve ``target`` with gunicorn (2 workers: sync, or gthread with ``threads`` each) on a
+    free port; yield its base URL."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -210,7 +211,9 @@ def served(target: str, env: dict[str, str]) -> Iterator[str]:
             "--workers",
             "2",
             "--worker-class",
-            "sync",
+            "sync" if threads == 1 else "gthread",
+            "--threads",
+            str(threads),
             "--bind",
             f"127.0.0.1:{port}",
             "--log-level",

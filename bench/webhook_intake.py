@@ -88,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--bodies", type=int, default=60_000)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
@@ -107,9 +108,9 @@ def main() -> None:
             "STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRET,
         }
         signed_bodies(bodies, args.bodies)
-        with served("bench.bare_app:app", {}) as bare:
+        with served("bench.bare_app:app", {}, args.threads) as bare:
             results = {"bare": load(bare, bodies, args.duration)}
-        with served("app:app", env) as tollgate:
+        with served("app:app", env, args.threads) as tollgate:
             results["intake"] = load(tollgate, bodies, args.duration)
         engine = db.make_engine(url)
         with engine.connect() as conn:

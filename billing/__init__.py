@@ -41,6 +41,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         max_age=timedelta(seconds=app.config["DECISION_CACHE_MAX_AGE"]),
         poll_interval=app.config["DECISION_CACHE_POLL_INTERVAL"],
     )
+    from billing import ip_session_counter
+
+    ip_session_counter.init_app(app)
     _init_extensions(app)
     errors.init_app(app)
     inputs.init_app(app)

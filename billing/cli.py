@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -407,6 +407,10 @@ def tick(now_text: str | None) -> None:
         lambda own, s: notices.send_renewal_notice(own, s),
     )
     pruned = decision_cache.prune(session, before=now - timedelta(days=1))
+    from billing.services import ip_sessions
+
+    # Yesterday's visitors stay: a process may still be flushing the visits of before midnight.
+    ip_sessions.prune_visitors(session, before=now.astimezone(UTC).date() - timedelta(days=1))
     session.commit()
     if pruned:
         click.echo(f"  pruned {pruned} old entitlement change(s)")

@@ -178,14 +178,19 @@ SETTINGS: tuple[Setting, ...] = (
         "GROUP_WIDEST_IPV6", "48", "widest IPv6 office range an organisation may register (prefix)"
     ),
     Setting(
+        "GROUP_IP_SESSIONS_FLUSH_INTERVAL",
+        "60",
+        "seconds each process gathers anonymous IP sessions in memory before writing them (after a response, never during one)",
+    ),
+    Setting(
         "PUBLISHER_COUNTRY",
         "BE",
-        "ISO code of the EU member state the publisher is established in: its readers pay its domestic VAT rate, other EU readers their own (OSS)",
+        "ISO code of the EU member state the publisher is established in: its readers pay its domestic VAT rate, other EU readers their own (OSS); required in production (no default there)",
     ),
     Setting(
         "PUBLISHER_VAT_ID",
         "",
-        "the publisher's own VAT number, printed on invoices (checked with python-stdnum when set)",
+        "the publisher's own VAT number, printed on invoices, checked with python-stdnum as one issued by `PUBLISHER_COUNTRY`; required in production",
     ),
     Setting(
         "VAT_OUTSIDE_EU_RATE",
@@ -351,9 +356,15 @@ def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "GROUP_IDLE_DAYS": number("GROUP_IDLE_DAYS"),
         "GROUP_WIDEST_IPV4": number("GROUP_WIDEST_IPV4"),
         "GROUP_WIDEST_IPV6": number("GROUP_WIDEST_IPV6"),
+        "GROUP_IP_SESSIONS_FLUSH_INTERVAL": number("GROUP_IP_SESSIONS_FLUSH_INTERVAL", float),
         "MAX_CONTENT_LENGTH": number("MAX_CONTENT_LENGTH"),
         "MAX_URL_LENGTH": number("MAX_URL_LENGTH"),
-        "PUBLISHER_COUNTRY": get("PUBLISHER_COUNTRY").strip().upper(),
+        # Production gets no default country: the publisher must say where it is established.
+        "PUBLISHER_COUNTRY": (
+            env.get("PUBLISHER_COUNTRY", "") if production else get("PUBLISHER_COUNTRY")
+        )
+        .strip()
+        .upper(),
         "PUBLISHER_VAT_ID": get("PUBLISHER_VAT_ID").strip(),
         "VAT_OUTSIDE_EU_RATE": get("VAT_OUTSIDE_EU_RATE").strip(),
         "VIES_URL": get("VIES_URL").strip().rstrip("/"),
@@ -408,17 +419,33 @@ def check(config: dict[str, Any]) -> None:
 
 
 def _check_vat(config: dict[str, Any]) -> None:
-    """Refuse a publisher country outside the EU, a malformed VAT id or outside-EU rate."""
+    """Refuse a publisher country outside the EU, a malformed VAT id or outside-EU rate.
+
+    Production also refuses to run without the publisher's country and VAT id: every invoice
+    names the seller's VAT id, and the country decides which sales are domestic.
+    """
     from decimal import Decimal, InvalidOperation
 
     from billing.services.vat import EU_MEMBER_STATES, InvalidVatIdError, normalise_vat_id
 
-    country = str(config.get("PUBLISHER_COUNTRY", _DEFAULTS["PUBLISHER_COUNTRY"]))
+    production = config.get("TOLLGATE_ENV") == "production"
+    country = str(
+        config.get("PUBLISHER_COUNTRY", "" if production else _DEFAULTS["PUBLISHER_COUNTRY"])
+    )
+    if production and not country:
+        raise ConfigError(
+            "PUBLISHER_COUNTRY: production needs the ISO code of the EU member state "
+            "the publisher is established in"
+        )
     if country not in EU_MEMBER_STATES:
         raise ConfigError(
             f"PUBLISHER_COUNTRY must be an EU member state's ISO code, got {country!r}"
         )
     vat_id = str(config.get("PUBLISHER_VAT_ID") or "")
+    if production and not vat_id:
+        raise ConfigError(
+            f"PUBLISHER_VAT_ID: production needs the publisher's VAT number (issued by {country})"
+        )
     if vat_id:
         try:
             normalise_vat_id(vat_id, country=country)

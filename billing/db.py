@@ -47,12 +47,28 @@ def init_app(app: Flask) -> None:
     """Create the app's engine and session factory, and close the request's session at teardown."""
     engine = make_engine(app.config["DATABASE_URL"])
     app.extensions["db_engine"] = engine
+    app.extensions["db_autocommit_engine"] = _autocommit_engine(engine)
     factory = sessionmaker(bind=engine, expire_on_commit=False)
     app.extensions["db_sessionmaker"] = factory
     from billing.services.decision_cache import track_changes
 
     track_changes(factory)
     app.teardown_appcontext(close_session)
+
+
+def _autocommit_engine(engine: Engine) -> Engine:
+    """An engine of autocommit connections to ``engine``'s database, in a pool of its own
+    (connections never switch modes), without the pre-ping's round trip: a caller that finds
+    its connection gone retries once (see :func:`webhooks.stripe_webhook`). SQLite shares the
+    engine's pool instead, so an in-memory database stays one database."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return create_engine(
+        engine.url,
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,
+        pool_pre_ping=False,
+    )
 
 
 def ping(timeout: float) -> None:
@@ -81,6 +97,19 @@ def ping(timeout: float) -> None:
 def engine() -> Engine:
     """The current app's engine."""
     return current_app.extensions["db_engine"]  # type: ignore[no-any-return]
+
+
+def dispose(app: Flask) -> None:
+    """Close every pooled connection of ``app``'s engines (at shutdown, and after each test)."""
+    app.extensions["db_engine"].dispose()
+    app.extensions["db_autocommit_engine"].dispose()
+
+
+def autocommit_engine() -> Engine:
+    """The app's autocommit engine: each statement is its own transaction, durable when it
+    returns. For a request whose only write is one statement (storing a webhook event), this
+    saves the round trips of ``BEGIN``, ``COMMIT`` and the pool's pre-ping."""
+    return current_app.extensions["db_autocommit_engine"]  # type: ignore[no-any-return]
 
 
 def new_session() -> Session:

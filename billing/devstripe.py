@@ -144,6 +144,68 @@ def install_stripe_tax_behaviour(
     resources.PaymentMethod.__init__ = payment_method_init
 
 
+TAX_EXEMPT_VALUES = ("none", "exempt", "reverse")
+"""The values Stripe documents for a customer's ``tax_exempt``."""
+
+
+def install_customer_tax_exempt(resources: Any) -> None:
+    """Give localstripe's customers Stripe's ``tax_exempt`` (localstripe refuses the parameter).
+
+    As Stripe documents it: ``none`` (the default), ``exempt`` or ``reverse`` on create and
+    update, an empty string on update meaning ``none``, anything else a 400 naming the parameter.
+    Customers saved before this existed read as ``none``. Like Stripe with manual Tax Rates, the
+    value changes no amount: Tollgate itself sets no Tax Rate on a reverse-charged subscription.
+    """
+    from localstripe.errors import UserError
+
+    def checked(value: Any, *, updating: bool) -> str:
+        if updating and value == "":
+            return "none"
+        if value not in TAX_EXEMPT_VALUES:
+            raise UserError(
+                400,
+                f"Invalid tax_exempt: must be one of {', '.join(TAX_EXEMPT_VALUES)}",
+            )
+        return str(value)
+
+    customer = resources.Customer
+    customer.tax_exempt = "none"
+    original_init = customer.__init__
+    original_update = customer._api_update.__func__
+
+    def customer_init(self: Any, *args: Any, tax_exempt: Any = "none", **kwargs: Any) -> None:
+        value = checked(tax_exempt, updating=False)
+        original_init(self, *args, **kwargs)
+        self.tax_exempt = value
+
+    def api_update(cls: Any, id: str, /, **data: Any) -> Any:
+        if "tax_exempt" in data:
+            data["tax_exempt"] = checked(data["tax_exempt"], updating=True)
+        return original_update(cls, id, **data)
+
+    customer.__init__ = customer_init
+    customer._api_update = classmethod(api_update)
+
+
+def install_tax_rate_clearing(resources: Any) -> None:
+    """Let a subscription's ``default_tax_rates`` be cleared with an empty string, as Stripe
+    documents for every list parameter (localstripe answers 400): its next invoices then carry
+    no tax (a reader who moved outside the EU, a customer now reverse-charged)."""
+    subscription = resources.Subscription
+    original_update = subscription._update
+
+    def subscription_update(self: Any, *args: Any, **data: Any) -> Any:
+        clear = data.get("default_tax_rates") == ""
+        if clear:
+            data["default_tax_rates"] = None
+        result = original_update(self, *args, **data)
+        if clear:
+            self.default_tax_rates = []
+        return result
+
+    subscription._update = subscription_update
+
+
 def main(
     store_path: str | os.PathLike[str],
     port: int = DEFAULT_PORT,
@@ -158,17 +220,21 @@ def main(
     from aiohttp import web
     from localstripe import resources, server
 
-    from billing import devstripe_invoicing
+    from billing import devstripe_invoicing, devstripe_prorations, devstripe_renewals
 
     devstripe_invoicing.install(resources, server)
     path = Path(store_path).resolve()
     install_stripe_tax_behaviour(resources)
+    install_customer_tax_exempt(resources)
+    install_tax_rate_clearing(resources)
     resources.Store.try_load_from_disk = lambda self: None
     # Unpickling a Store sets its items one by one, and each set would save the whole store.
     resources.Store.dump_to_disk = lambda self: None
     loaded = load(resources.store, path) if load_existing else 0
     resources.Store.dump_to_disk = lambda self: dump(self, path)
     devstripe_billing.install(resources, server)
+    devstripe_prorations.install(resources)
+    devstripe_renewals.install(resources, server)
 
     access_log = logging.getLogger("aiohttp.access")
     access_log.setLevel(logging.DEBUG)

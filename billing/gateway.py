@@ -86,6 +86,10 @@ Interval = Literal["day", "week", "month", "year"]
 CollectionMethod = Literal["charge_automatically", "send_invoice"]
 RefundReason = Literal["duplicate", "fraudulent", "requested_by_customer"]
 PaymentMethodType = Literal["card", "sepa_debit"]
+TaxExempt = Literal["none", "exempt", "reverse"]
+"""A customer's ``tax_exempt`` as Stripe documents it: ``reverse`` for an EU business taxed by
+reverse charge (Stripe then prints "Reverse charge" on its invoice and receipt PDFs), ``none``
+otherwise (``exempt`` exists on Stripe; Tollgate never uses it)."""
 
 _Raw = dict[str, Any]
 _P = ParamSpec("_P")
@@ -191,6 +195,8 @@ class StripeCustomerData:
     metadata: dict[str, str] = field(default_factory=dict)
     balance: int = 0
     """Stripe's ``balance``, in minor units: negative is a credit the next invoices use first."""
+    tax_exempt: str = "none"
+    """Stripe's ``tax_exempt``: ``none``, ``exempt`` or ``reverse`` (see :data:`TaxExempt`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -330,6 +336,22 @@ class PriceChangePreviewData:
     currency: str
     total: int
     amount_due: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuantityChangePreviewData:
+    """What a change of quantity would add to the next invoice (Stripe's invoice preview with
+    ``proration_date``): the proration lines of that moment only, net and the tax on top."""
+
+    currency: str
+    net: int
+    tax: int
+    proration_date: datetime
+
+    @property
+    def total(self) -> int:
+        """Net plus tax: what the change costs (negative: a credit)."""
+        return self.net + self.tax
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -555,6 +577,11 @@ class _Dialect(ABC):
         """A raw invoice's lines with tax, before the customer's credit is applied."""
 
     @abstractmethod
+    def proration_line(self, raw_line: _Raw) -> tuple[int, int] | None:
+        """(net amount, tax added on top) of a raw invoice line that is a proration; None for
+        any other line."""
+
+    @abstractmethod
     def invoice_payment_intent_id(self, client: stripe.StripeClient, raw: _Raw) -> str | None:
         """The PaymentIntent paying a raw invoice (the paid one if any, else the latest)."""
 
@@ -706,6 +733,18 @@ class _StripeDialect(_Dialect):
         """Stripe's ``total`` (the customer balance is applied after it, into ``amount_due``)."""
         return _int(raw.get("total"))
 
+    def proration_line(self, raw_line: _Raw) -> tuple[int, int] | None:
+        """Lines whose ``parent.subscription_item_details.proration`` is true (or, for an
+        invoice item, ``parent.invoice_item_details.proration``), taxed by their exclusive
+        ``taxes``."""
+        parent = raw_line.get("parent") or {}
+        details = parent.get("subscription_item_details") or parent.get("invoice_item_details")
+        if not (details or {}).get("proration"):
+            return None
+        taxes = raw_line.get("taxes") or []
+        on_top = sum(_int(t.get("amount")) for t in taxes if t.get("tax_behavior") != "inclusive")
+        return _int(raw_line.get("amount")), on_top
+
     def invoice_payment_intent_id(self, client: stripe.StripeClient, raw: _Raw) -> str | None:
         """Through the invoice's InvoicePayments (invoices lost ``payment_intent`` in 2025)."""
         payments = client.v1.invoice_payments.list({"invoice": _str(raw, "id"), "limit": 20})
@@ -803,9 +842,10 @@ class _LocalstripeDialect(_Dialect):
       clocks.
     - Proration is crude: a price or quantity change adds "Unused time" items worth minus every
       earlier invoice of the subscription, whatever ``proration_date`` says; a change of interval
-      (monthly <-> yearly) invoices and charges at once, restarting the period.
-      ``billing.devstripe_billing`` credits a change of interval as Stripe does instead: the old
-      price's share of the period left at ``proration_date`` (the preview's too).
+      (monthly <-> yearly) invoices and charges at once, restarting the period. A change of
+      quantity's preview needs the plan on every item. :mod:`billing.devstripe_prorations`
+      makes a change of quantity and a change of interval prorate by the second at
+      ``proration_date`` (the preview's too), as Stripe does.
     - Failing payments: card 4000000000000341 and SEPA IBAN DE62370400440532013001 are declined,
       card 4000008260003178 needs 3-D Secure (``POST /v1/payment_intents/<id>/_authenticate`` with
       ``client_secret`` and ``success``) and is declined even after it. A first invoice declined
@@ -910,6 +950,14 @@ class _LocalstripeDialect(_Dialect):
     def invoice_total_before_credit(self, raw: _Raw) -> int:
         """``subtotal`` plus ``tax``: localstripe's ``total`` already has the credit taken off."""
         return _int(raw.get("subtotal")) + _int(raw.get("tax"))
+
+    def proration_line(self, raw_line: _Raw) -> tuple[int, int] | None:
+        """Lines with ``proration`` true, taxed by their exclusive ``tax_amounts``."""
+        if not raw_line.get("proration"):
+            return None
+        taxes = raw_line.get("tax_amounts") or []
+        on_top = sum(_int(t.get("amount")) for t in taxes if not t.get("inclusive"))
+        return _int(raw_line.get("amount")), on_top
 
     def invoice_payment_intent_id(self, client: stripe.StripeClient, raw: _Raw) -> str | None:
         """The invoice's own ``payment_intent``."""
@@ -1093,12 +1141,16 @@ class StripeGateway:
         name: str | None = None,
         country: str | None = None,
         vat_id: str | None = None,
+        tax_exempt: TaxExempt | None = None,
         metadata: Mapping[str, str | int] | None = None,
         idempotency_key: str | None = None,
     ) -> StripeCustomerData:
         """Create a customer tagged as ours (pass ``tollgate_reader_id`` or ``tollgate_group_id``
-        in ``metadata``); ``vat_id`` is an EU VAT number."""
+        in ``metadata``); ``vat_id`` is an EU VAT number; ``tax_exempt`` is left to Stripe's
+        default (``none``) when not given."""
         params: CustomerCreateParams = {"email": email, "metadata": _tag(metadata)}
+        if tax_exempt is not None:
+            params["tax_exempt"] = tax_exempt
         if name:
             params["name"] = name
         if country:
@@ -1118,9 +1170,13 @@ class StripeGateway:
         email: str | None = None,
         name: str | None = None,
         country: str | None = None,
+        tax_exempt: TaxExempt | None = None,
     ) -> StripeCustomerData:
-        """Change a customer's e-mail, name or country; what is not given stays as it is."""
+        """Change a customer's e-mail, name, country or ``tax_exempt``; what is not given stays
+        as it is."""
         params: CustomerUpdateParams = {}
+        if tax_exempt is not None:
+            params["tax_exempt"] = tax_exempt
         if email is not None:
             params["email"] = email
         if name is not None:
@@ -1325,12 +1381,50 @@ class StripeGateway:
         )
 
     @_translating
-    def change_quantity(self, subscription_id: str, quantity: int) -> StripeSubscriptionData:
-        """Change the number of seats, on the same price."""
+    def preview_quantity_change(
+        self, subscription_id: str, quantity: int, *, proration_date: datetime
+    ) -> QuantityChangePreviewData:
+        """What :meth:`change_quantity` to ``quantity`` at ``proration_date`` would prorate
+        (``POST /v1/invoices/create_preview``; nothing is changed). Only the proration lines of
+        that moment count: the next period's charge and earlier pending prorations are not this
+        change's."""
         current = self.retrieve_subscription(subscription_id)
         item = self._dialect.changed_item(current.item_id, None, quantity)
+        moment = int(proration_date.timestamp())
+        raw = self._client.v1.invoices.create_preview(
+            {
+                "customer": current.customer_id,
+                "subscription": subscription_id,
+                "subscription_details": {"items": [item], "proration_date": moment},
+            }
+        ).to_dict()
+        net = tax = 0
+        for line in _get(raw, "lines", "data") or []:
+            prorated = self._dialect.proration_line(line)
+            if prorated is not None and _int(_get(line, "period", "start")) == moment:
+                net += prorated[0]
+                tax += prorated[1]
+        return QuantityChangePreviewData(
+            currency=_str(raw, "currency"),
+            net=net,
+            tax=tax,
+            proration_date=_time(moment),
+        )
+
+    @_translating
+    def change_quantity(
+        self, subscription_id: str, quantity: int, *, proration_date: datetime | None = None
+    ) -> StripeSubscriptionData:
+        """Change the number of seats, on the same price; Stripe prorates the rest of the period
+        onto the next invoice, computed at ``proration_date`` (the moment a preview showed) or
+        now."""
+        current = self.retrieve_subscription(subscription_id)
+        item = self._dialect.changed_item(current.item_id, None, quantity)
+        params: SubscriptionUpdateParams = {"items": [item]}
+        if proration_date is not None:
+            params["proration_date"] = int(proration_date.timestamp())
         return self._subscription(
-            self._client.v1.subscriptions.update(subscription_id, {"items": [item]}).to_dict()
+            self._client.v1.subscriptions.update(subscription_id, params).to_dict()
         )
 
     @_translating
@@ -1616,6 +1710,7 @@ class StripeGateway:
             deleted=bool(raw.get("deleted")),
             metadata=_metadata(raw.get("metadata")),
             balance=_int(raw.get("balance")),
+            tax_exempt=_opt_str(raw.get("tax_exempt")) or "none",
         )
 
     def _card(self, raw: _Raw) -> CardData:

@@ -116,7 +116,7 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
         factories.bind(None)
         test_session.rollback()
         _empty_tables(billing_db.engine())
-    application.extensions["db_engine"].dispose()
+    billing_db.dispose(application)
 
 
 @contextmanager

@@ -41,12 +41,20 @@ from typing import Any
 
 import pytest
 
+import billing
 from billing.gateway import StripeGateway
 
 SECRET_KEY = "sk_test_localstripe"  # localstripe accepts any key starting with sk_
-CHECKOUT = Path(__file__).resolve().parent.parent
-"""The checkout under test: its ``billing.devstripe`` is the one served (not an installed copy)."""
 STARTUP_DEADLINE = 30.0
+PROJECT_ROOT = Path(billing.__file__).resolve().parent.parent
+"""The checkout whose ``billing`` the tests import: the server runs its ``billing.devstripe``."""
+
+
+def _server_environment() -> dict[str, str]:
+    """This environment with the tested checkout first on ``PYTHONPATH`` (the server starts in
+    a directory of its own, where an installed copy of ``billing`` would be found instead)."""
+    paths = [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def _free_port() -> int:
@@ -90,7 +98,7 @@ class LocalstripeServer:
                         "--from-scratch",
                     ],
                     cwd=self.workdir,
-                    env=_served_from_checkout(),
+                    env=_server_environment(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -185,6 +193,13 @@ class LocalstripeServer:
         self.request("POST", f"/_config/webhooks/{webhook_id}", {"url": url, "secret": secret})
         self._webhook_ids.add(webhook_id)
 
+    def renew(self, subscription_id: str) -> dict[str, Any]:
+        """End the subscription's paid period now, as Stripe does at its end: the next period
+        starts and is invoiced (charged, or sent), or the subscription ends if set to cancel."""
+        answer = self.request("POST", f"/v1/test_helpers/subscriptions/{subscription_id}/renew", {})
+        assert isinstance(answer, dict)
+        return answer
+
     def create_card(self, number: str = "4242424242424242", *, exp_year: int = 2034) -> str:
         """Make a card PaymentMethod from raw card data (as the fake Stripe.js would); its id."""
         card = {"number": number, "exp_month": 12, "exp_year": exp_year, "cvc": "123"}
@@ -212,13 +227,6 @@ class LocalstripeServer:
         fields = {"client_secret": client_secret, "success": "true" if success else "false"}
         authenticated: dict[str, Any] = self.request("POST", path, fields)
         return authenticated
-
-
-def _served_from_checkout() -> dict[str, str]:
-    """The environment for the server: this checkout first on the import path, so that the
-    stand-in of the code under test is served even where another checkout is installed."""
-    paths = [str(CHECKOUT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def _flatten(fields: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:

@@ -18,6 +18,8 @@ PRODUCTION = {
     "DATABASE_URL": "postgresql://db.internal/tollgate",
     "STRIPE_SECRET_KEY": "sk_live_real",
     "STRIPE_WEBHOOK_SECRETS": "whsec_real",
+    "PUBLISHER_COUNTRY": "BE",
+    "PUBLISHER_VAT_ID": "BE0411905847",
 }
 
 
@@ -51,11 +53,27 @@ def test_a_setting_that_is_not_a_number_is_named_in_the_error() -> None:
         ("STRIPE_SECRET_KEY", "sk_test_localstripe"),
         ("STRIPE_WEBHOOK_SECRETS", "whsec_dev_tollgate"),
         ("DATABASE_URL", "sqlite:////tmp/prod.sqlite3"),
+        ("PUBLISHER_COUNTRY", "CH"),
+        ("PUBLISHER_VAT_ID", "BE0411905848"),
+        ("PUBLISHER_VAT_ID", "DE136695976"),
     ],
 )
 def test_production_refuses_development_values(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         create_app(from_env({**PRODUCTION, name: value}))
+
+
+@pytest.mark.parametrize("name", ["PUBLISHER_COUNTRY", "PUBLISHER_VAT_ID"])
+def test_production_refuses_to_start_without_the_publishers_country_or_vat_id(name: str) -> None:
+    environ = {key: value for key, value in PRODUCTION.items() if key != name}
+    with pytest.raises(ConfigError, match=f"{name}: production needs"):
+        create_app(from_env(environ))
+
+
+def test_development_still_defaults_the_publishers_country_and_needs_no_vat_id() -> None:
+    config = from_env({})
+    check(config)
+    assert (config["PUBLISHER_COUNTRY"], config["PUBLISHER_VAT_ID"]) == ("BE", "")
 
 
 def test_token_keys_cannot_be_left_without_a_wrapping_secret() -> None:

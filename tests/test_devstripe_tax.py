@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.devstripe import CARD_COUNTRIES, install_stripe_tax_behaviour
+from billing.devstripe_billing import invoice_lines
 from billing.services.vat import inclusive_tax, rate_table
 
 
@@ -79,3 +80,28 @@ def test_cards_get_the_issuing_country_of_stripes_test_card_or_the_generic_one()
 
     assert german.card["country"] == "DE" == CARD_COUNTRIES["4000002760000016"]
     assert generic.card["country"] == "BE"
+
+
+def _invoice_for_pdf() -> Any:
+    return SimpleNamespace(
+        number="TG-0001",
+        status_transitions={"finalized_at": 1_700_000_000},
+        date=1_700_000_000,
+        lines=SimpleNamespace(_list=[SimpleNamespace(description="3 seats", amount=28800)]),
+        currency="eur",
+        subtotal=28800,
+        tax=0,
+        applied_credit=0,
+        amount_due=28800,
+        status="open",
+    )
+
+
+def test_the_invoice_of_a_customer_with_tax_exempt_reverse_says_reverse_charge_as_stripes_does() -> (
+    None
+):
+    reverse = SimpleNamespace(name="Ministry", email="a@m.example", tax_exempt="reverse")
+    plain = SimpleNamespace(name="Anna", email="anna@example.org", tax_exempt="none")
+
+    assert "Reverse charge" in invoice_lines(_invoice_for_pdf(), reverse)
+    assert "Reverse charge" not in invoice_lines(_invoice_for_pdf(), plain)

@@ -28,7 +28,7 @@ from billing.gateway import (
     UnsupportedByServerError,
     is_ours,
 )
-from tests.stripe_server import LocalstripeServer
+from tests.stripe_server import LocalstripeError, LocalstripeServer
 
 VISA = "4242424242424242"
 DECLINED_ON_CHARGE = "4000000000000341"
@@ -105,6 +105,31 @@ def test_a_customer_is_created_with_our_metadata_and_read_back(gateway: StripeGa
     assert fetched.metadata == {"tollgate_app": "tollgate", "tollgate_reader_id": "42"}
     assert fetched.default_payment_method_id is None
     assert fetched.created is not None and fetched.created.tzinfo is UTC
+
+
+def test_a_customers_tax_exempt_is_none_unless_set_and_changes_on_update(
+    gateway: StripeGateway, stripe_reset: LocalstripeServer
+) -> None:
+    plain = gateway.create_customer("anna@example.org")
+    business = gateway.create_customer("accounts@ministry.example", tax_exempt="reverse")
+
+    assert plain.tax_exempt == "none"
+    assert gateway.retrieve_customer(business.id).tax_exempt == "reverse"
+    assert gateway.update_customer(business.id, tax_exempt="none").tax_exempt == "none"
+    assert gateway.retrieve_customer(business.id).tax_exempt == "none"
+    assert gateway.update_customer(plain.id, country="fr").tax_exempt == "none"
+
+
+def test_the_stand_in_refuses_a_tax_exempt_stripe_does_not_document(
+    stripe_reset: LocalstripeServer,
+) -> None:
+    with pytest.raises(LocalstripeError, match=r"(?s)HTTP 400.*Invalid tax_exempt"):
+        stripe_reset.request("POST", "/v1/customers", {"tax_exempt": "yes"})
+    customer = stripe_reset.request("POST", "/v1/customers", {"email": "a@example.org"})
+    with pytest.raises(LocalstripeError, match=r"(?s)HTTP 400.*Invalid tax_exempt"):
+        stripe_reset.request("POST", f"/v1/customers/{customer['id']}", {"tax_exempt": "half"})
+    cleared = stripe_reset.request("POST", f"/v1/customers/{customer['id']}", {"tax_exempt": ""})
+    assert cleared["tax_exempt"] == "none"
 
 
 def test_metadata_keys_that_are_not_ours_are_refused(gateway: StripeGateway) -> None:

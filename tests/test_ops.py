@@ -92,6 +92,8 @@ def test_production_adds_hsts_and_secure_cookies() -> None:
             "DATABASE_URL": "postgresql://db.internal/tollgate",
             "STRIPE_SECRET_KEY": "sk_live_x",
             "STRIPE_WEBHOOK_SECRETS": "whsec_live",
+            "PUBLISHER_COUNTRY": "DE",
+            "PUBLISHER_VAT_ID": "DE136695976",
         }
     )
     app = create_app(production)  # /healthz needs no database, so none is reachable here

@@ -7,6 +7,7 @@ import csv
 import io
 import tracemalloc
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import openpyxl
@@ -72,7 +73,7 @@ def test_the_invoices_csv_has_a_header_every_invoice_in_the_range_and_the_paid_t
     assert rows[0][:3] == ["Number", "Date (UTC)", "Reader or group"]
     body = rows[1 : rows.index([])]
     assert progress.rows == len(body) == 4
-    assert [r[-1] for r in body] == ["paid", "paid", "open", "paid"]
+    assert [r[13] for r in body] == ["paid", "paid", "open", "paid"]
     assert body[0][1] == "2026-11-03 09:00:00"
     assert body[0][7:10] == ["9.92", "2.08", "12.00"], "net, VAT, gross in major units"
     assert body[3][2] == '\'=HYPERLINK("http://evil")', "a formula is text"
@@ -115,6 +116,70 @@ def test_the_page_the_csv_and_the_xlsx_show_the_same_totals(
         ("xlsx", 4),
     ], "the CSV is logged once streamed"
     assert logged[0].details["filters"] == {"start": "2026-11-01", "end": "2026-11-30"}
+
+
+def test_the_invoices_page_csv_and_xlsx_show_the_vat_country_kind_rate_and_evidence(
+    client: FlaskClient, session: Session, clock: FixedClock, tmp_path: Path
+) -> None:
+    day = factories.NOW.replace(day=3)
+    factories.InvoiceFactory(
+        created_at=day,
+        customer_country="DE",
+        tax_country="DE",
+        tax_kind="oss",
+        tax_rate=Decimal("7.0000"),
+        tax_evidence={
+            "declared_country": "DE",
+            "card_country": "FR",
+            "agrees": False,
+            "confirmed_by_reader": True,
+        },
+    )
+    factories.InvoiceFactory(
+        created_at=day + timedelta(days=1),
+        tax_country="BE",
+        tax_kind="domestic",
+        tax_rate=Decimal("21.0000"),
+        tax_evidence={
+            "declared_country": "BE",
+            "card_country": None,
+            "agrees": True,
+            "confirmed_by_reader": False,
+        },
+    )
+    factories.InvoiceFactory(created_at=day + timedelta(days=2))
+    session.commit()
+    report = reports.get("invoices")
+    expected = [
+        ["DE", "oss", "7.0000", "declared DE, card FR, confirmed by reader"],
+        ["BE", "domestic", "21.0000", "declared BE, card unknown"],
+        ["", "", "", ""],
+    ]
+
+    table = report.build(session, NOVEMBER, clock.now(), None)
+    data = b"".join(export.csv_chunks(session, report, NOVEMBER, clock.now(), export.Progress()))
+    login(client, factories.reader(staff_role=StaffRole.FINANCE))
+    page = client.get("/staff/reports/invoices?from=2026-11-01&to=2026-11-30")
+    xlsx = client.get("/staff/reports/invoices/export?from=2026-11-01&to=2026-11-30&format=xlsx")
+
+    rows = _csv_rows(data)
+    assert rows[0][14:] == ["VAT country", "VAT kind", "VAT rate %", "Country evidence"]
+    assert [r[14:] for r in rows[1:4]] == expected
+    assert rows[5][14:] == ["", "", "", ""], "the totals row has none"
+    assert [list(r[14:17]) for r in table.rows] == [
+        ["DE", "oss", Decimal("7")],
+        ["BE", "domestic", Decimal("21")],
+        [None, None, None],
+    ]
+    text = page.get_data(as_text=True)
+    assert "declared DE, card FR, confirmed by reader" in text and "Country evidence" in text
+    path = tmp_path / "invoices.xlsx"
+    path.write_bytes(xlsx.data)
+    workbook = openpyxl.load_workbook(path, read_only=True)
+    values = list(workbook.active.iter_rows(values_only=True))
+    workbook.close()
+    assert values[1][14:] == ("DE", "oss", 7.0, "declared DE, card FR, confirmed by reader")
+    assert values[3][14:] == (None, None, None, None)
 
 
 @pytest.mark.usefixtures("november_invoices")

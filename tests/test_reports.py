@@ -3,9 +3,11 @@ generated histories (hypothesis)."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -207,6 +209,36 @@ def test_a_past_months_mrr_is_the_same_after_later_events(session: Session) -> N
     assert build(session, "mrr", october).rows == before
 
 
+def test_mrr_loses_vat_at_the_rate_of_the_invoices_issued_by_then_so_a_rate_change_moves_it(
+    session: Session,
+) -> None:
+    monthly = history.plan(session)
+    reader = history.customer(session, at(9, 1))
+    sub = history.subscription(session, reader, monthly, at(10, 5))
+    discounted = history.invoice(session, reader, at(10, 5), 1000, 174, sub=sub)
+    discounted.tax_rate = Decimal("21.0000")
+    history.entry(session, sub, Kind.CREATED, at(10, 5), 0, 1200)
+    october = Filters(start=date(2026, 10, 1), end=date(2026, 10, 31))
+    before = build(session, "mrr", october).rows
+    renewal = history.invoice(session, reader, at(11, 5), 1200, 68, sub=sub)
+    renewal.tax_rate = Decimal("6.0000")
+    unpaid = history.invoice(
+        session, reader, at(12, 5), 1200, 68, sub=sub, status=InvoiceStatus.OPEN
+    )
+    unpaid.tax_rate = Decimal("6.0000")
+    session.flush()
+
+    table = build(session, "mrr", Q4)
+
+    by_month = {r["month"]: r for r in rows(table)}
+    oct_row, nov_row, dec_row = (by_month[date(2026, m, 1)] for m in (10, 11, 12))
+    assert (oct_row["new"], oct_row["end"]) == (992, 992), "1200 less 21 % VAT, not 174 / 1000"
+    assert (nov_row["expansion"], nov_row["end"]) == (1132 - 992, 1132), "less 6 % from 5 Nov"
+    assert (dec_row["expansion"], dec_row["end"]) == (0, 1132)
+    assert all(r["check"] == "yes" for r in rows(table))
+    assert build(session, "mrr", october).rows == before, "October keeps the rate it had"
+
+
 def test_trial_cohorts_count_conversions_and_the_time_to_convert(session: Session) -> None:
     def trial(started: datetime, status: TrialStatus, converted_days: int | None = None) -> None:
         factories.TrialFactory(
@@ -404,8 +436,8 @@ a_subscription = st.tuples(
     st.lists(
         st.tuples(
             st.integers(1, SPAN // 4),  # seconds after the previous change
-            st.sampled_from(["seats", "past_due", "recovered", "ended"]),
-            st.integers(1, 5),  # seats
+            st.sampled_from(["seats", "past_due", "recovered", "ended", "rate"]),
+            st.integers(1, 5),  # seats, or the new VAT rate in fifths of 25 %
         ),
         max_size=4,
     ),
@@ -414,17 +446,19 @@ a_subscription = st.tuples(
 
 def _expected_mrr(lives: list[dict[str, Any]], moment: datetime) -> int:
     """MRR (without VAT) at ``moment`` straight from the entries: each subscription's last
-    amount before then, less the VAT share of its invoice."""
+    amount before then, less the VAT share of its last invoice before then (its first one's
+    before it)."""
     total = 0
     for life in lives:
         amount = 0
         for when, after in life["amounts"]:
             if when < moment:
                 amount = after
-        share = (Decimal(amount) * Decimal(life["tax"]) / Decimal(life["total"])).quantize(
-            Decimal(1), rounding="ROUND_HALF_UP"
-        )
-        total += amount - int(share)
+        fraction = life["shares"][0][1]
+        for when, share in life["shares"]:
+            if when < moment:
+                fraction = share
+        total += amount - math.floor(amount * fraction + Fraction(1, 2))
     return total
 
 
@@ -454,7 +488,7 @@ def test_mrr_movements_sum_to_the_change_in_mrr_every_month(
             moment = START + timedelta(seconds=start)
             history.invoice(session, customers[who], moment, total, tax, sub=sub)
             history.entry(session, sub, Kind.CREATED, moment, 0, unit)
-            life = {"amounts": [(moment, unit)], "total": total, "tax": tax}
+            life = {"amounts": [(moment, unit)], "shares": [(moment, Fraction(tax, total))]}
             mrr = unit
             for gap, change, seats in changes:
                 moment += timedelta(seconds=gap)
@@ -462,6 +496,14 @@ def test_mrr_movements_sum_to_the_change_in_mrr_every_month(
                     after = of.monthly_amount(seats)
                     history.entry(session, sub, Kind.SEATS_CHANGED, moment, mrr, after)
                     mrr = after
+                elif change == "rate":
+                    percent = 5 * seats
+                    charged = total - round(total * 100 / (100 + percent))
+                    renewal = history.invoice(
+                        session, customers[who], moment, total, charged, sub=sub
+                    )
+                    renewal.tax_rate = Decimal(percent)
+                    life["shares"].append((moment, Fraction(percent, 100 + percent)))
                 elif change == "ended":
                     history.entry(session, sub, Kind.ENDED, moment, mrr, 0)
                     life["amounts"].append((moment, 0))
@@ -499,3 +541,86 @@ def test_owner_and_country_filters_narrow_the_revenue_report(session: Session) -
 
     assert [r["owner"] for r in rows(groups_only)] == ["group"]
     assert [r["country"] for r in rows(dutch_only)] == ["NL"]
+
+
+@pytest.mark.usefixtures("publisher_in_belgium")
+def test_the_owner_filter_keeps_the_vat_return_to_groups_or_readers_refunds_included(
+    session: Session,
+) -> None:
+    person = history.customer(session, at(9, 1), country="NL")
+    company = history.customer(session, at(9, 1), country="DE", group=True)
+    bought = history.invoice(session, person, at(10, 5), 1210, 210)
+    history.invoice(session, company, at(10, 6), 11900, 1900)
+    history.refund(session, bought, 1210, at(10, 20))
+    quarter = {"start": Q4.start, "end": Q4.end, "granularity": Granularity.QUARTER}
+
+    groups_only = build(session, "vat", Filters(**quarter, owner=Owner.GROUP))
+    readers_only = build(session, "vat", Filters(**quarter, owner=Owner.INDIVIDUAL))
+    everyone = build(session, "vat", Filters(**quarter))
+
+    assert [(r["country"], r["kind"], r["vat"]) for r in rows(groups_only)] == [
+        ("DE", "sale", 1900)
+    ]
+    assert [(r["country"], r["kind"], r["vat"]) for r in rows(readers_only)] == [
+        ("NL", "refund", -210),
+        ("NL", "sale", 210),
+    ]
+    assert len(rows(everyone)) == 3
+    assert any("unfiltered" in note for note in groups_only.notes)
+    assert not any("unfiltered" in note for note in everyone.notes)
+
+
+def test_the_owner_filter_splits_trials_by_whether_the_reader_has_held_a_group_seat_since(
+    session: Session,
+) -> None:
+    from billing.models import GroupMembership, MembershipRole
+
+    seated, removed, earlier, _alone = (
+        factories.TrialFactory(started_at=at(10, day)) for day in (1, 2, 3, 4)
+    )
+    group = factories.GroupFactory()
+    for trial, joined, left in (
+        (seated, at(10, 10), None),
+        (removed, at(10, 12), at(10, 20)),
+        (earlier, at(9, 1), at(9, 30)),
+    ):
+        session.add(
+            GroupMembership(
+                group_id=group.id,
+                reader_id=trial.reader_id,
+                role=MembershipRole.MEMBER,
+                joined_at=joined,
+                removed_at=left,
+            )
+        )
+    session.flush()
+    october = {"start": date(2026, 10, 1), "end": date(2026, 10, 31)}
+
+    groups_only = build(session, "trials", Filters(**october, owner=Owner.GROUP))
+    readers_only = build(session, "trials", Filters(**october, owner=Owner.INDIVIDUAL))
+
+    assert [(r["cohort"], r["started"]) for r in rows(groups_only)] == [("2026-10", 2)]
+    assert [(r["cohort"], r["started"]) for r in rows(readers_only)] == [("2026-10", 2)]
+    assert rows(build(session, "trials", Filters(**october)))[0]["started"] == 4
+
+
+def test_the_owner_filter_keeps_the_dunning_list_to_groups_or_readers(session: Session) -> None:
+    from billing.models import SubscriptionStatus
+
+    monthly = history.plan(session)
+    seats = history.plan(session, "group-seat-yearly", 9600, "year")
+    person = history.customer(session, at(9, 1))
+    company = history.customer(session, at(9, 1), group=True)
+    for owner, plan in ((person, monthly), (company, seats)):
+        sub = history.subscription(session, owner, plan, at(10, 1))
+        sub.status = SubscriptionStatus.PAST_DUE
+        sub.past_due_since = CLOCK_NOW - timedelta(days=2)
+    session.flush()
+
+    groups_only = build(session, "dunning", Filters(start=Q4.start, end=Q4.end, owner=Owner.GROUP))
+    readers_only = build(
+        session, "dunning", Filters(start=Q4.start, end=Q4.end, owner=Owner.INDIVIDUAL)
+    )
+
+    assert [r["plan"] for r in rows(groups_only)] == ["group-seat-yearly"]
+    assert [r["plan"] for r in rows(readers_only)] == ["individual-monthly"]

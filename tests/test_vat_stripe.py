@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from billing.clock import FixedClock
 from billing.gateway import StripeGateway
 from billing.models import AuditLog, Customer, Invoice, Plan, Reader, Refund, Subscription, TaxRate
-from billing.services import payments, stripe_mirror, taxes
+from billing.services import groups, payments, stripe_mirror, taxes
 from billing.services.vat import (
     EU_MEMBER_STATES,
     REVERSE_CHARGE_MENTION,
@@ -29,6 +29,7 @@ from billing.services.vat import (
     ViesResult,
     rate_table,
 )
+from tests import factories
 from tests.payments_support import only_subscription, plans_on_sale, reader_with_card, real_now
 from tests.stripe_server import LocalstripeServer
 
@@ -480,3 +481,43 @@ def test_a_tax_rate_stored_meanwhile_by_another_transaction_is_the_one_used(
     assert (rate.country, Decimal(rate.percentage)) == ("DE", Decimal("7"))
     assert len(session.scalars(select(TaxRate)).all()) == 1
     assert [r.id for r in gateway.list_tax_rates() if gateway.is_ours(r)] == [rate.stripe_id]
+
+
+@pytest.mark.parametrize(
+    ("country", "vat_id", "tax_exempt"),
+    [
+        ("DE", "DE 136 695 976", "reverse"),  # a VAT number of another member state
+        ("BE", "BE 0411.905.847", "none"),  # the publisher's own country: domestic VAT
+        ("DE", "", "none"),  # no VAT number: taxed like a consumer in Germany
+    ],
+)
+def test_an_organisations_stripe_customer_is_tax_exempt_reverse_only_when_reverse_charged(
+    app: Flask,
+    plans: dict[str, Plan],
+    session: Session,
+    gateway: StripeGateway,
+    clock: FixedClock,
+    country: str,
+    vat_id: str,
+    tax_exempt: str,
+) -> None:
+    admin = factories.reader(email="boss@ministry.example")
+    session.flush()
+
+    group = groups.create_group(
+        session,
+        gateway,
+        admin,
+        name="Example Ministry",
+        billing_email="accounts@ministry.example",
+        country=country,
+        vat_id=vat_id,
+        seats=3,
+        by_invoice=False,
+        rules=groups.GroupRules.from_config(app.config),
+        now=clock.now(),
+    )
+    session.commit()
+
+    customer = session.scalars(select(Customer).where(Customer.group_id == group.id)).one()
+    assert gateway.retrieve_customer(customer.stripe_id).tax_exempt == tax_exempt

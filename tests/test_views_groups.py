@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
 
@@ -192,6 +193,88 @@ def test_seats_change_on_stripe_after_the_price_difference_is_shown_never_below_
     assert refused.status_code == 400
     assert "4 seats are in use" in refused.get_data(as_text=True)
     assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 5
+
+
+def _paid_group_halfway_through_its_year(
+    client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> tuple[Group, Subscription]:
+    """A group of 3 seats in Germany without a VAT number (7 % on top), paid, with the clock
+    half-way through its paid year."""
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example")
+    session.commit()
+    _login(client, admin.email)
+    order = {**ORDER, "vat_id": "", "payment": "invoice", "confirm": "yes"}
+    token = csrf_token(client, "/groups/new")
+    assert client.post("/groups/new", data={**order, "csrf_token": token}).status_code == 302
+    group = session.scalars(select(Group)).one()
+    show = f"/groups/{group.public_id}"
+    client.post(f"{show}/dev/bank-transfer", data={"csrf_token": csrf_token(client, show)})
+    session.expire_all()
+    subscription = session.scalars(select(Subscription)).one()
+    start, end = subscription.current_period_start, subscription.current_period_end
+    clock.set(start + (end - start) / 2)
+    return group, subscription
+
+
+def test_the_seat_change_price_is_stripes_proration_with_vat_and_the_change_costs_exactly_that(
+    client: FlaskClient,
+    session: Session,
+    gateway: StripeGateway,
+    clock: FixedClock,
+    stripe: LocalstripeServer,
+) -> None:
+    group, subscription = _paid_group_halfway_through_its_year(client, session, gateway, clock)
+    show = f"/groups/{group.public_id}"
+
+    preview = post_form(client, f"{show}/seats", {"seats": "5"})
+
+    page = preview.get_data(as_text=True)
+    # Half a year of 2 more seats at 96.00 a year: 96.00 net, 7 % German VAT on top.
+    assert 'data-net="9600" data-tax="672" data-total="10272"' in page
+    assert "96.00" in page and "6.72" in page and "102.72" in page
+    shown_at = re.search(r'name="proration_date" type="hidden" value="(\d+)"', page)
+    assert shown_at is not None
+    clock.advance(timedelta(minutes=20))
+    token = csrf_token(client, show)
+    confirmed = client.post(
+        f"{show}/seats",
+        data={
+            "seats": "5",
+            "confirm": "yes",
+            "proration_date": shown_at.group(1),
+            "csrf_token": token,
+        },
+    )
+    assert confirmed.status_code == 302
+
+    customer = gateway.retrieve_subscription(subscription.stripe_id).customer_id
+    pending = stripe.request("GET", f"/v1/invoiceitems?customer={customer}")["data"]
+    assert sorted(item["amount"] for item in pending if item["proration"]) == [-14400, 24000]
+    assert {item["period"]["start"] for item in pending} == {int(shown_at.group(1))}
+    upcoming = gateway.preview_next_invoice(customer, subscription.stripe_id)
+    assert (upcoming.subtotal, upcoming.tax) == (5 * 9600 + 9600, 5 * 672 + 672)
+
+
+def test_a_seat_change_confirmed_with_a_later_or_stale_proration_date_is_refused(
+    client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    group, subscription = _paid_group_halfway_through_its_year(client, session, gateway, clock)
+    show = f"/groups/{group.public_id}"
+    now = int(clock.now().timestamp())
+    for moment in (str(now + 3600), str(now - 2 * 3600), "soon"):
+        refused = client.post(
+            f"{show}/seats",
+            data={
+                "seats": "5",
+                "confirm": "yes",
+                "proration_date": moment,
+                "csrf_token": csrf_token(client, show),
+            },
+        )
+        assert refused.status_code == 400, moment
+        assert "look at" in refused.get_data(as_text=True)
+    assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 3
 
 
 def test_staff_approve_a_domain_and_readers_of_it_join_from_their_organisations_page(

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import openpyxl
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
 
 from billing.models import StaffRole
 from billing.services import reports
 from tests import factories
+from tests import report_support as history
 from tests.helpers import login
 
 PAGES = [
@@ -89,3 +97,61 @@ def test_the_vat_page_defaults_to_the_last_whole_quarter_and_the_mrr_page_to_las
     assert 'value="2026-07-01"' in vat_page and 'value="2026-09-30"' in vat_page
     assert "Nil return" in vat_page
     assert 'value="2026-10-01"' in mrr_page and 'value="2026-10-31"' in mrr_page
+
+
+def _owned_history(session: Session) -> dict[str, tuple[str, str]]:
+    """For each of the vat, trials and dunning reports, something a group has and something a
+    reader has, as (the group's mark, the reader's mark) in the report's cells."""
+    from billing.models import GroupMembership, MembershipRole, SubscriptionStatus
+
+    person = history.customer(session, datetime(2026, 9, 1, tzinfo=UTC), country="NL")
+    company = history.customer(session, datetime(2026, 9, 1, tzinfo=UTC), country="DE", group=True)
+    history.invoice(session, person, datetime(2026, 10, 5, tzinfo=UTC), 1210, 210)
+    history.invoice(session, company, datetime(2026, 10, 6, tzinfo=UTC), 11900, 1900)
+    seated = factories.TrialFactory(started_at=datetime(2026, 10, 2, tzinfo=UTC))
+    factories.TrialFactory(started_at=datetime(2026, 11, 2, tzinfo=UTC))
+    session.add(
+        GroupMembership(
+            group_id=company.group_id,
+            reader_id=seated.reader_id,
+            role=MembershipRole.MEMBER,
+            joined_at=datetime(2026, 10, 3, tzinfo=UTC),
+        )
+    )
+    for owner in (person, company):
+        sub = history.subscription(
+            session, owner, history.plan(session), datetime(2026, 10, 1, tzinfo=UTC)
+        )
+        sub.status = SubscriptionStatus.PAST_DUE
+    session.commit()
+    return {
+        "vat": ("DE", "NL"),
+        "trials": ("2026-10", "2026-11"),
+        "dunning": (company.email, person.email),
+    }
+
+
+@pytest.mark.parametrize("name", ["vat", "trials", "dunning"])
+def test_the_vat_trials_and_dunning_pages_and_exports_take_the_owner_filter(
+    client: FlaskClient, session: Session, tmp_path: Path, name: str
+) -> None:
+    group_mark, reader_mark = _owned_history(session)[name]
+    login(client, factories.reader(staff_role=StaffRole.FINANCE))
+    query = "from=2026-10-01&to=2026-12-31&owner=group"
+
+    page = client.get(f"/staff/reports/{name}?{query}").get_data(as_text=True)
+    data = client.get(f"/staff/reports/{name}/export?{query}&format=csv").get_data(as_text=True)
+    xlsx = client.get(f"/staff/reports/{name}/export?{query}&format=xlsx")
+
+    assert '<option value="group" selected>' in page
+    table = page[page.index('<table class="report" id="report">') :]
+    table = table[: table.index("</table>")]
+    assert f">{group_mark}<" in table and f">{reader_mark}<" not in table
+    cells = {cell for row in csv.reader(io.StringIO(data)) for cell in row}
+    assert group_mark in cells and reader_mark not in cells
+    path = tmp_path / "report.xlsx"
+    path.write_bytes(xlsx.data)
+    workbook = openpyxl.load_workbook(path, read_only=True)
+    values = {v for row in workbook.worksheets[0].iter_rows(values_only=True) for v in row}
+    workbook.close()
+    assert group_mark in values and reader_mark not in values

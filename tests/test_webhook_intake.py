@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
@@ -373,6 +373,46 @@ def test_a_delivery_is_stored_and_answered_without_being_handled(
     row = stored(session, event)
     assert (row.status, row.attempts, row.payload) == (WebhookEventStatus.RECEIVED, 0, event)
     assert effects(session) == 0, "nothing is handled inside the request"
+
+
+@pytest.mark.postgres_only
+def test_a_delivery_on_a_pooled_connection_the_database_dropped_is_stored_on_a_fresh_one(
+    client: FlaskClient, session: Session, clock: FixedClock, test_handlers: None
+) -> None:
+    require_postgres()
+    first = make_event()
+    assert deliver(client, first, clock).status_code == 200
+    # The database drops every connection of the intake's pool (as a restart would).
+    with db.autocommit_engine().connect() as conn:
+        pids = conn.scalars(text("SELECT pg_backend_pid()")).all()
+    with db.engine().connect() as admin:
+        admin.execute(
+            text("SELECT pg_terminate_backend(pid) FROM unnest(:pids) AS pid"), {"pids": pids}
+        )
+        admin.commit()
+    second = make_event()
+    response = deliver(client, second, clock)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert stored(session, second).status == WebhookEventStatus.RECEIVED
+
+
+def test_a_delivery_the_database_cannot_store_gets_503_so_stripe_delivers_it_again(
+    app: Flask, client: FlaskClient, session: Session, clock: FixedClock, test_handlers: None
+) -> None:
+    event = make_event()
+    answering = app.extensions["db_autocommit_engine"]
+    app.extensions["db_autocommit_engine"] = create_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:9/none", connect_args={"connect_timeout": 2}
+    )
+    try:
+        response = deliver(client, event, clock)
+    finally:
+        app.extensions["db_autocommit_engine"].dispose()
+        app.extensions["db_autocommit_engine"] = answering
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "unavailable"
+    assert stored_events(session) == 0
+    assert deliver(client, event, clock).get_json() == {"received": True, "outcome": "stored"}
 
 
 def test_an_event_of_a_type_nobody_listens_to_is_stored_and_marked_ignored_by_the_worker(

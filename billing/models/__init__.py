@@ -15,7 +15,15 @@ from billing.models.enums import (
     WebhookEventStatus,
 )
 from billing.models.grants import ComplimentaryGrant
-from billing.models.groups import Group, GroupDomain, GroupInvite, GroupIPRange, GroupMembership
+from billing.models.groups import (
+    Group,
+    GroupDomain,
+    GroupInvite,
+    GroupIPRange,
+    GroupIPSessions,
+    GroupIPVisitor,
+    GroupMembership,
+)
 from billing.models.ops import (
     ApiClient,
     AuditLog,
@@ -50,6 +58,8 @@ __all__ = [
     "Group",
     "GroupDomain",
     "GroupIPRange",
+    "GroupIPSessions",
+    "GroupIPVisitor",
     "GroupInvite",
     "GroupMembership",
     "Invoice",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String, UniqueConstraint
@@ -152,3 +152,37 @@ class GroupIPRange(Base):
         CheckConstraint("first_address <= last_address", name="bounds_ordered"),
         Index("ix_group_ip_ranges_bounds", "version", "first_address", "last_address"),
     )
+
+
+class GroupIPSessions(Base):
+    """How many anonymous IP sessions a group's office networks gave on one UTC day.
+
+    A session is one visitor address reading through the group on one day, however many articles
+    it opens (:mod:`billing.ip_sessions` counts them off the request path).
+    """
+
+    __tablename__ = "group_ip_sessions"
+
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(primary_key=True)
+    sessions: Mapped[int] = mapped_column(default=0)
+
+    __table_args__ = (CheckConstraint("sessions >= 0", name="sessions_not_negative"),)
+
+
+class GroupIPVisitor(Base):
+    """A visitor already counted for a group on a day, so no process counts it twice.
+
+    ``visitor`` is a keyed hash of the day and the address (never the address itself); rows of
+    past days are pruned by ``tick`` once no process can still be flushing them.
+    """
+
+    __tablename__ = "group_ip_visitors"
+
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(primary_key=True, index=True)
+    visitor: Mapped[str] = mapped_column(String(32), primary_key=True)

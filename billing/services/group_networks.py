@@ -88,6 +88,21 @@ def _address_number(address: str) -> tuple[int, int]:
     return 6, int.from_bytes(packed, "big")
 
 
+def normalised_address(address: str) -> str:
+    """``address`` in its canonical text form (IPv6 compressed and lower-case, as RFC 5952 writes
+    it); ``ValueError`` for anything that is not a plain IPv4 or IPv6 address.
+
+    As strict as ``ipaddress`` (no ``127.1``, no leading zeros, no zone id) and several times
+    faster: this runs on every anonymous entitlement check.
+    """
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_ntop(family, socket.inet_pton(family, address))
+        except OSError:
+            continue
+    raise ValueError(f"not an IP address: {address!r}")
+
+
 @dataclass(frozen=True, order=True)
 class _Range:
     start: int

@@ -214,6 +214,7 @@ def create_group(
             name=clean_name,
             country=code,
             vat_id=vat,
+            tax_exempt=taxes.tax_exempt_for(treatment),
             metadata={"tollgate_group_id": group.public_id},
             idempotency_key=f"tollgate-group-customer-{group.public_id}",
         )
@@ -601,19 +602,80 @@ def set_admins_take_seat(
 # --- seat count ---------------------------------------------------------------------------------
 
 
+PRORATION_DATE_MAX_AGE = timedelta(hours=1)
+"""How long a seat-change price shown to an admin may be confirmed at that price."""
+
+
+@dataclass(frozen=True)
+class SeatQuote:
+    """What changing the seat count costs, as Stripe's invoice preview prorates it at
+    ``proration_date``: net and VAT in minor units (negative: a credit), added to the next
+    invoice."""
+
+    seats_from: int
+    seats_to: int
+    net: int
+    tax: int
+    currency: str
+    proration_date: datetime
+    tax_note: str
+    """How VAT applies: the rate and country, or the reverse-charge mention."""
+
+    @property
+    def total(self) -> int:
+        """Net plus VAT."""
+        return self.net + self.tax
+
+
+def _proration_moment(subscription: Subscription, now: datetime) -> datetime:
+    """The moment a seat change is prorated for: now, to the second, never before the period."""
+    return max(now.replace(microsecond=0), subscription.current_period_start)
+
+
+def _checked_seat_count(
+    session: Session, group: Group, new_seats: int, *, rules: GroupRules
+) -> None:
+    if new_seats < rules.min_seats:
+        raise ValidationFailed(f"Keep at least {rules.min_seats} seats.", field="seats")
+    in_use = seats_in_use(session, group)
+    if new_seats < in_use:
+        raise ValidationFailed(
+            f"{in_use} seats are in use: remove members before going below that.", field="seats"
+        )
+
+
 def seat_change_price(
-    session: Session, group: Group, new_seats: int, *, now: datetime
-) -> tuple[int, str]:
-    """What changing to ``new_seats`` costs now, prorated over the rest of the paid year (net,
-    minor units; negative is a credit), and the currency."""
+    session: Session,
+    gateway: StripeGateway,
+    group: Group,
+    new_seats: int,
+    *,
+    rules: GroupRules,
+    now: datetime,
+) -> SeatQuote:
+    """What changing to ``new_seats`` now costs, asked of Stripe's invoice preview (nothing
+    changes): the prorated rest of the paid year with its VAT, at a proration date that
+    :func:`change_seats` then uses, so the change costs exactly what was shown."""
     subscription = current_subscription(session, group, now)
     if subscription is None:
         raise NotFound("This organisation has no running subscription.")
-    period = (subscription.current_period_end - subscription.current_period_start).total_seconds()
-    left = max(0.0, (subscription.current_period_end - now).total_seconds())
-    fraction = left / period if period > 0 else 0.0
-    delta = (new_seats - subscription.quantity) * subscription.plan.amount
-    return round(delta * fraction), subscription.plan.currency
+    _checked_seat_count(session, group, new_seats, rules=rules)
+    if new_seats == subscription.quantity:
+        raise ValidationFailed(f"The organisation already has {new_seats} seats.", field="seats")
+    moment = _proration_moment(subscription, now)
+    with _talking_to_stripe():
+        preview = gateway.preview_quantity_change(
+            subscription.stripe_id, new_seats, proration_date=moment
+        )
+    return SeatQuote(
+        seats_from=subscription.quantity,
+        seats_to=new_seats,
+        net=preview.net,
+        tax=preview.tax,
+        currency=preview.currency or subscription.plan.currency,
+        proration_date=preview.proration_date,
+        tax_note=group_tax(group.country, group.vat_id, now).note,
+    )
 
 
 def change_seats(
@@ -625,24 +687,32 @@ def change_seats(
     *,
     rules: GroupRules,
     now: datetime,
+    proration_date: datetime | None = None,
 ) -> Subscription:
-    """Change the number of seats (Stripe prorates); never fewer than the seats in use."""
+    """Change the number of seats (Stripe prorates onto the next invoice, at ``proration_date``
+    when a price was shown for it); never fewer than the seats in use.
+
+    A ``proration_date`` older than :data:`PRORATION_DATE_MAX_AGE`, before the paid period or
+    later than now is refused (field ``seats``): the price shown must be asked for again.
+    """
     require_admin(session, group, admin)
     seats = _lock_seats(session, group, now)
     subscription = current_subscription(session, group, now)
     if subscription is None:
         raise NotFound("This organisation has no running subscription.")
-    if new_seats < rules.min_seats:
-        raise ValidationFailed(f"Keep at least {rules.min_seats} seats.", field="seats")
-    in_use = seats_in_use(session, group)
-    if new_seats < in_use:
-        raise ValidationFailed(
-            f"{in_use} seats are in use: remove members before going below that.", field="seats"
-        )
+    _checked_seat_count(session, group, new_seats, rules=rules)
     if new_seats == seats:
         return subscription
+    latest = _proration_moment(subscription, now)
+    earliest = max(latest - PRORATION_DATE_MAX_AGE, subscription.current_period_start)
+    if proration_date is not None and not earliest <= proration_date <= latest:
+        raise ValidationFailed(
+            "The price shown is out of date: look at the price difference again.", field="seats"
+        )
     with _talking_to_stripe():
-        changed = gateway.change_quantity(subscription.stripe_id, new_seats)
+        changed = gateway.change_quantity(
+            subscription.stripe_id, new_seats, proration_date=proration_date
+        )
         subscription = _sync_after_change(session, gateway, changed, now=now)
     audit.record(
         session,

@@ -32,7 +32,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing.errors import DomainError, ValidationFailed
-from billing.gateway import StripeGateway, StripeInvoiceData, StripeRefundData, is_ours
+from billing.gateway import (
+    StripeGateway,
+    StripeInvoiceData,
+    StripeRefundData,
+    TaxExempt,
+    is_ours,
+)
 from billing.models import Customer, Invoice, Reader, Refund, Subscription, TaxRate
 from billing.models.payments import ENDED_STATUSES
 from billing.services import audit
@@ -154,6 +160,12 @@ def record_business_treatment(customer: Customer, treatment: TaxTreatment) -> No
     customer.vat_id = treatment.vat_id
     customer.vies_valid = treatment.vies.valid if treatment.vies is not None else None
     customer.vies_checked_at = treatment.vies.checked_at if treatment.vies is not None else None
+
+
+def tax_exempt_for(treatment: TaxTreatment) -> TaxExempt:
+    """The Stripe customer's ``tax_exempt`` for ``treatment``: ``reverse`` for a reverse-charged
+    organisation (Stripe prints "Reverse charge" on its documents), ``none`` for everyone else."""
+    return "reverse" if treatment.kind == TaxKind.REVERSE_CHARGE else "none"
 
 
 # --- Tax Rates on Stripe -------------------------------------------------------------------------
@@ -284,9 +296,11 @@ def record_country_evidence(
     *,
     confirmed: bool,
     now: datetime,
+    settings: VatSettings | None = None,
 ) -> CountryEvidence:
     """Keep the reader's declared country and their card's country on ``customer``; the declared
-    one becomes the taxed ``country`` (also on Stripe).
+    one becomes the taxed ``country`` (also on Stripe, with the customer's ``tax_exempt`` for
+    its treatment in that country: :func:`tax_exempt_for`).
 
     When the two disagree and the reader has not ``confirmed``, nothing changes and
     :class:`CountryUnconfirmed` is raised; a confirmation is recorded with its time and audited.
@@ -299,7 +313,10 @@ def record_country_evidence(
     customer.country = evidence.declared
     customer.country_confirmed_at = None if evidence.agrees else now
     if changed:
-        gateway.update_customer(customer.stripe_id, country=evidence.declared)
+        treatment = treatment_for(customer, now=now, settings=settings or current_settings())
+        gateway.update_customer(
+            customer.stripe_id, country=evidence.declared, tax_exempt=tax_exempt_for(treatment)
+        )
     if not evidence.agrees:
         audit.record(
             session,
@@ -370,10 +387,12 @@ def apply_rate_change(
     *,
     now: datetime,
     settings: VatSettings,
+    actor: Reader | str = "cli",
 ) -> RateChange | None:
     """Set on the subscription the Tax Rate its customer's country has today, when it carries
     another one (a rate change from its effective date, or a reader who moved country); None
-    when it already carries the right one.
+    when it already carries the right one. Audited with ``actor`` (the ``tick`` command, or the
+    reader who changed their country).
 
     Stripe applies ``default_tax_rates`` to the invoices created after the change, so the new rate
     applies from the subscription's next period; invoices already issued keep theirs.
@@ -395,7 +414,7 @@ def apply_rate_change(
     audit.record(
         session,
         now=now,
-        actor="cli",
+        actor=actor,
         action="vat.rate_changed",
         target=subscription,
         details={

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from flask import (
     Blueprint,
@@ -23,12 +25,15 @@ from billing.clock import current_clock
 from billing.errors import DomainError
 from billing.extensions import limiter
 from billing.models import TrialStatus
-from billing.services import accounts, audit, mail, notices, privacy, trials
+from billing.services import accounts, audit, mail, notices, privacy, reader_country, taxes, trials
 from billing.services.entitlements import Reason
+from billing.services.vat import TaxKind, plain_rate
 from billing.views import guards
 from billing.views.auth import absolute_url, duration
 from billing.views.forms import (
+    COUNTRY_NAMES,
     ButtonForm,
+    CountryChangeForm,
     DeleteAccountForm,
     EmailChangeForm,
     PasswordChangeForm,
@@ -85,9 +90,12 @@ def overview() -> ResponseReturnValue:
         trial_state = "converted"
     else:
         trial_state = "ended"
+    country_code = reader_country.lives_in(db.session(), reader)
     return render_template(
         "account/overview.html",
         reader=reader,
+        country_code=country_code,
+        country_name=COUNTRY_NAMES.get(country_code, country_code),
         trial=own_trial,
         trial_state=trial_state,
         days_left=days_left,
@@ -235,6 +243,81 @@ def confirm_email() -> ResponseReturnValue:
         notices.email_changed(session, reader, old_email=old[0], now=now)
     session.commit()
     flash(f"Your e-mail address is now {reader.email}.", "success")
+    return redirect(url_for("account.overview"))
+
+
+def vat_words(country: str, rate: Decimal, kind: TaxKind) -> str:
+    """The VAT a reader's price includes in ``country``: ``France's VAT of 2.1 %``."""
+    name = COUNTRY_NAMES.get(country, country)
+    if rate == 0:
+        return f"no VAT ({name})"
+    if kind == TaxKind.OUTSIDE_EU:
+        return f"VAT of {plain_rate(rate)} % (readers outside the EU, {name})"
+    return f"{name}'s VAT of {plain_rate(rate)} %"
+
+
+def _country_change_message(change: reader_country.CountryChange) -> str:
+    name = COUNTRY_NAMES.get(change.after, change.after)
+    if not change.changed:
+        return f"You already live in {name} for us: nothing changed."
+    after = vat_words(change.after, change.rate_after, change.kind_after)
+    if change.applies_from is None:
+        when = f"Invoices from now on include {after}."
+    else:
+        before = change.rate_before if change.rate_before is not None else Decimal(0)
+        instead = "" if before == change.rate_after else f" instead of {plain_rate(before)} %"
+        when = (
+            f"From your next invoice, on {long_date(change.applies_from)}, your price includes "
+            f"{after}{instead}; the price itself stays the same."
+        )
+    return f"Your country is now {name}. {when} Invoices already issued keep their VAT."
+
+
+@bp.route("/account/country", methods=["GET", "POST"])
+@login_required
+def country() -> ResponseReturnValue:
+    """Change the country the reader lives in: the VAT of their next invoices follows it (asking
+    them to confirm it when their card was issued elsewhere)."""
+    reader = guards.reader()
+    session = db.session()
+    now = current_clock().now()
+    settings = taxes.current_settings()
+    current = reader_country.country_now(session, reader, now=now, settings=settings)
+    form = CountryChangeForm()
+    context: dict[str, Any] = {
+        "current": current,
+        "current_name": COUNTRY_NAMES.get(current.country, current.country),
+        "current_vat": vat_words(current.country, current.rate, current.kind),
+        "card_name": COUNTRY_NAMES.get(current.card_country or "", current.card_country),
+        "unconfirmed": False,
+    }
+    if request.method == "GET":
+        form.country.data = current.country
+    if not form.validate_on_submit():
+        return render_form("account/country.html", form, **context)
+    try:
+        change = reader_country.change_country(
+            session,
+            current_app.extensions["stripe_gateway"],
+            reader,
+            form.country.data,
+            confirmed=bool(form.confirm.data),
+            now=now,
+            settings=settings,
+        )
+    except taxes.CountryUnconfirmed as unconfirmed:
+        session.rollback()
+        form.confirm.errors = [
+            f"Your card was issued in {context['card_name']}. VAT is charged where you live: "
+            f"tick the box to confirm you live in {COUNTRY_NAMES.get(form.country.data)}."
+        ]
+        context["unconfirmed"] = True
+        return render_form("account/country.html", form, unconfirmed.status, **context)
+    except DomainError as error:
+        session.rollback()
+        return render_refused("account/country.html", form, error, **context)
+    session.commit()
+    flash(_country_change_message(change), "success" if change.changed else "info")
     return redirect(url_for("account.overview"))
 
 

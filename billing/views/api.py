@@ -8,7 +8,6 @@ they answer from the client cache and the decision cache, and read the clock onc
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy.orm import Session
 
-from billing import db, inputs
+from billing import db, inputs, ip_session_counter
 from billing.clock import current_clock
 from billing.errors import NotFound, ValidationFailed, error_body
 from billing.extensions import limiter
@@ -30,6 +29,7 @@ from billing.services import (
     api_clients,
     decision_cache,
     entitlements,
+    group_networks,
     legacy_tokens,
     token_keys,
 )
@@ -56,7 +56,7 @@ bp = Blueprint("api", __name__)
 
 _READER_ID = re.compile(r"rdr_[A-Za-z0-9_-]{1,28}")
 _IP_CHARACTERS = re.compile(r"[0-9A-Fa-f:.]+")
-"""The longest textual IP address (IPv6 with an embedded IPv4 address)."""
+"""What a plain IPv4 or IPv6 address is written with (no spaces, brackets, ports or zones)."""
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _CHECK_MEMBERS = ("token", "reader_id", "ip")
 
@@ -197,16 +197,20 @@ def _ip(value: Any, *, required: bool) -> str | None:
     if len(value) > inputs.IP_MAX_LENGTH or not _IP_CHARACTERS.fullmatch(value):
         raise ValidationFailed("This is not an IPv4 or IPv6 address.", field="ip")
     try:
-        return str(ipaddress.ip_address(value))
+        return group_networks.normalised_address(value)
     except ValueError as exc:
         raise ValidationFailed("This is not an IPv4 or IPv6 address.", field="ip") from exc
 
 
 def _address_decision(ip: str | None, now: datetime) -> Decision:
-    """The decision for an anonymous visitor from ``ip``: by the group office networks."""
+    """The decision for an anonymous visitor from ``ip``: by the group office networks; a grant
+    counts as the group's IP session of the day (in memory, written after the response)."""
     if ip is None:
         return Decision.refused()
-    return decision_cache.current().lookup_ip(db.session(), ip, now)
+    decision = decision_cache.current().lookup_ip(db.session(), ip, now)
+    if decision.granted and decision.group is not None:
+        ip_session_counter.count(decision.group, ip, now)
+    return decision
 
 
 def _json_object(members: tuple[str, ...]) -> dict[str, str]:

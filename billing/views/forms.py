@@ -12,7 +12,7 @@ from typing import Any
 from flask import render_template
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
-from wtforms import EmailField, Field, PasswordField, SelectField, StringField
+from wtforms import BooleanField, EmailField, Field, PasswordField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
 
@@ -238,6 +238,20 @@ class EmailChangeForm(FlaskForm):
 
     password = PasswordField("Your password", [DataRequired("Enter your password.")])
     new_email = _email_field("New e-mail address")
+
+
+class CountryChangeForm(FlaskForm):
+    """The country the reader lives in now (VAT is charged there), confirmed when their card
+    was issued elsewhere."""
+
+    country = SelectField(
+        "The country you live in now",
+        [DataRequired("Choose the country you live in."), _known_country],
+        choices=COUNTRY_CHOICES,
+        validate_choice=False,
+        filters=[_upper],
+    )
+    confirm = BooleanField("Yes, I live in this country although my card was issued elsewhere")
 
 
 class DeleteAccountForm(FlaskForm):

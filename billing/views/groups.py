@@ -6,6 +6,7 @@ and comes back to the group's page with what happened.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import (
@@ -28,10 +29,10 @@ from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
 from billing import db
 from billing.clock import current_clock
-from billing.errors import DomainError, NotFound, error_body
+from billing.errors import DomainError, NotFound, ValidationFailed, error_body
 from billing.gateway import StripeGateway
 from billing.models import Group, MembershipRole
-from billing.services import groups
+from billing.services import groups, ip_sessions
 from billing.services.groups import GroupRules, NoSeatsLeft
 from billing.views import guards
 from billing.views.forms import (
@@ -46,6 +47,9 @@ from billing.views.forms import (
 )
 
 bp = Blueprint("groups", __name__)
+
+IP_SESSION_DAYS = 30
+"""The group page shows the anonymous IP sessions of this many days (today included)."""
 
 
 def _rules() -> GroupRules:
@@ -118,6 +122,8 @@ class SeatsForm(FlaskForm):
         "Seats", [InputRequired("Enter the number of seats."), NumberRange(min=1, max=100_000)]
     )
     confirm = HiddenField()
+    proration_date = HiddenField()
+    """The moment the price shown was prorated for (Unix seconds), kept for the change."""
 
 
 def _my_group(public_id: str) -> Group:
@@ -286,6 +292,8 @@ def _render_show(group: Group, status: int = 200, **forms: Any) -> ResponseRetur
         invites=groups.pending_invites(session, group, now),
         domains=sorted(group.domains, key=lambda d: d.domain),
         ranges=sorted(group.ip_ranges, key=lambda r: (r.version, r.first_address)),
+        ip_sessions=ip_sessions.last_days(session, group, today=now.date(), days=IP_SESSION_DAYS),
+        ip_session_days=IP_SESSION_DAYS,
         invite_form=forms.get("invite_form") or InviteForm(),
         domain_form=forms.get("domain_form") or DomainForm(),
         range_form=forms.get("range_form") or RangeForm(),
@@ -453,7 +461,8 @@ def auto_reclaim(public_id: str) -> ResponseReturnValue:
 @bp.post("/groups/<public_id>/seats")
 @login_required
 def seats(public_id: str) -> ResponseReturnValue:
-    """Change the seat count: the price difference first, then the change once confirmed."""
+    """Change the seat count: Stripe's price for it first, then the change at that price once
+    confirmed."""
     group = _my_group(public_id)
     session, now = db.session(), current_clock().now()
     form = SeatsForm()
@@ -462,13 +471,21 @@ def seats(public_id: str) -> ResponseReturnValue:
     new_seats = int(form.seats.data or 0)
     try:
         if form.confirm.data != "yes":
-            difference, currency = groups.seat_change_price(session, group, new_seats, now=now)
-            form.confirm.data = "yes"
-            return _render_show(
-                group, seats_form=form, seat_change=(new_seats, difference, currency)
+            quote = groups.seat_change_price(
+                session, _gateway(), group, new_seats, rules=_rules(), now=now
             )
+            form.confirm.data = "yes"
+            form.proration_date.data = str(int(quote.proration_date.timestamp()))
+            return _render_show(group, seats_form=form, seat_change=quote)
         groups.change_seats(
-            session, _gateway(), group, guards.reader(), new_seats, rules=_rules(), now=now
+            session,
+            _gateway(),
+            group,
+            guards.reader(),
+            new_seats,
+            rules=_rules(),
+            now=now,
+            proration_date=_proration_date(form.proration_date.data),
         )
     except DomainError as error:
         session.rollback()
@@ -478,6 +495,16 @@ def seats(public_id: str) -> ResponseReturnValue:
     session.commit()
     flash(f"The organisation now has {new_seats} seats.")
     return redirect(url_for("groups.show", public_id=group.public_id))
+
+
+def _proration_date(value: Any) -> datetime | None:
+    """The proration moment a confirmed seat change carries (Unix seconds), None when absent."""
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if not text.isdigit() or len(text) > 10:
+        raise ValidationFailed("The price shown is not valid: look at it again.", field="seats")
+    return datetime.fromtimestamp(int(text), tz=UTC)
 
 
 @bp.post("/groups/<public_id>/renewal")

@@ -122,3 +122,35 @@ def test_a_card_from_another_country_makes_the_reader_say_where_they_live(
         "agrees": False,
         "confirmed_by_reader": True,
     }
+
+
+def test_a_reader_who_moved_changes_their_country_and_is_told_from_when_it_applies(
+    on_sale: None, page: Page, session: Session, clock: FixedClock, screenshot: Screenshot
+) -> None:
+    factories.reader(
+        email="greta@example.org", country="DE", created_at=clock.now() - timedelta(days=60)
+    )
+    session.commit()
+    subscribe_in_browser(page, "greta@example.org", GERMAN_CARD)
+    expect(page).to_have_url(DONE_URL)
+
+    page.goto("/account")
+    page.get_by_role("link", name="Change country").click()
+    expect(page.locator("[data-current-country]")).to_contain_text("Germany's VAT of 7 %")
+    expect(page.locator("[data-applies-from]")).to_contain_text("from your next invoice, on")
+    page.get_by_label("The country you live in now").select_option("FR")
+    page.get_by_role("button", name="Change my country").click()
+
+    confirm = page.get_by_label(re.compile("Yes, I live in this country"))
+    expect(page.locator("[data-field=confirm]")).to_contain_text("Your card was issued in Germany")
+    screenshot(page, "change-country-confirm")
+    confirm.check()
+    page.get_by_role("button", name="Change my country").click()
+
+    expect(
+        page.get_by_text(re.compile("Your country is now France. From your next invoice"))
+    ).to_be_visible()
+    expect(page.locator("[data-country]")).to_have_text("France")
+    screenshot(page, "change-country-done")
+    page.goto("/account/invoices")
+    expect(page.locator("[data-vat]")).to_have_text("€0.79 (7% DE)")  # issued: keeps its VAT

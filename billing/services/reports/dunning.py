@@ -2,7 +2,8 @@
 risk, how many days overdue, and the last mail sent to the subscriber.
 
 Columns this report reads (renamed here only, at merge): ``subscriptions.status,
-past_due_since, current_period_start``; ``invoices.subscription_id, status, total,
+past_due_since, current_period_start, group_id`` (a group's subscription or a reader's, for the
+owner filter); ``invoices.subscription_id, status, total,
 amount_paid, currency``; the mail outbox ``mail_outbox.to, sent_at, subject`` (mails
 actually sent).
 """
@@ -24,7 +25,7 @@ from billing.models import (
     Reader,
     Subscription,
 )
-from billing.services.reports.base import Column, Filters, Kind, Report, Table
+from billing.services.reports.base import Column, Filters, Kind, Owner, Report, Table
 from billing.services.stripe_mirror import DUNNING_STATUSES
 
 COLUMNS = (
@@ -56,6 +57,10 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
         query = query.where(Plan.currency == filters.currency)
     if filters.plan:
         query = query.where(Plan.code == filters.plan)
+    if filters.owner == Owner.GROUP:
+        query = query.where(Subscription.group_id.is_not(None))
+    elif filters.owner == Owner.INDIVIDUAL:
+        query = query.where(Subscription.group_id.is_(None))
     open_amounts = dict(
         session.execute(
             select(Invoice.subscription_id, func.sum(Invoice.total - Invoice.amount_paid))
@@ -106,6 +111,6 @@ REPORT = Report(
     title="Dunning",
     description="Subscriptions past due now: amount at risk, days overdue, last mail sent.",
     columns=COLUMNS,
-    filters=frozenset({"currency", "plan"}),
+    filters=frozenset({"currency", "plan", "owner"}),
     build=build,
 )

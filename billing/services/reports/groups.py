@@ -1,10 +1,11 @@
 """Group subscriptions as they stand now: seats bought, used and idle, utilisation, IP ranges,
-and the renewal date, per group.
+and the renewal date, per group; and the anonymous IP sessions of the report's range.
 
 Columns this report reads (renamed here only, at merge): ``groups.name, country``;
 ``subscriptions.group_id, quantity, status, current_period_end, cancel_at_period_end``;
-``group_memberships.group_id, removed_at``; ``group_ip_ranges.group_id``. Sessions opened from
-an IP range are not recorded yet, so the report counts the ranges, not their sessions.
+``group_memberships.group_id, removed_at``; ``group_ip_ranges.group_id``;
+``group_ip_sessions.group_id, day, sessions`` (one visitor address per day, see
+:mod:`billing.services.ip_sessions`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from billing.models import Group, GroupIPRange, GroupMembership, Plan, Subscription
 from billing.models.payments import ENDED_STATUSES
+from billing.services import ip_sessions
 from billing.services.reports.base import Column, Filters, Kind, Report, Table, share
 
 COLUMNS = (
@@ -29,6 +31,7 @@ COLUMNS = (
     Column("idle", "Seats idle", Kind.INT),
     Column("utilisation", "Utilisation", Kind.PERCENT),
     Column("ip_ranges", "IP ranges", Kind.INT),
+    Column("ip_sessions", "IP sessions in the range", Kind.INT),
     Column("renews", "Renews (or ends)", Kind.DATETIME),
 )
 
@@ -42,6 +45,7 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
     """One row per group with its running subscription (if any); totals over all groups."""
     used = _counts(session, GroupMembership, GroupMembership.removed_at.is_(None))
     ranges = _counts(session, GroupIPRange)
+    sessions = ip_sessions.totals(session, first=filters.start, last=filters.end)
     running = {
         sub.group_id: sub
         for sub in session.scalars(
@@ -55,6 +59,7 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
         query = query.where(Group.country == filters.country)
     rows = []
     sums = [0, 0, 0]
+    sessions_sum = 0
     for group in session.scalars(query):
         sub = running.get(group.id)
         plan = session.get(Plan, sub.plan_id) if sub is not None else None
@@ -66,6 +71,7 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
         sums[0] += bought
         sums[1] += seated
         sums[2] += idle
+        sessions_sum += sessions.get(group.id, 0)
         rows.append(
             (
                 group.name,
@@ -77,18 +83,38 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
                 idle,
                 share(seated, bought),
                 ranges.get(group.id, 0),
+                sessions.get(group.id, 0),
                 sub.current_period_end if sub is not None else None,
             )
         )
-    totals = [(f"{len(rows)} groups", None, None, None, *sums, share(sums[1], sums[0]), None, None)]
-    notes = ["As things stand now (the range does not apply): a snapshot of every group."]
+    totals = [
+        (
+            f"{len(rows)} groups",
+            None,
+            None,
+            None,
+            *sums,
+            share(sums[1], sums[0]),
+            None,
+            sessions_sum,
+            None,
+        )
+    ]
+    notes = [
+        "Seats and ranges as things stand now: a snapshot of every group.",
+        "IP sessions are those of the range: one per visitor address per day (UTC) reading "
+        "anonymously through the group's office networks.",
+    ]
     return Table(COLUMNS, rows, totals if rows else [], notes)
 
 
 REPORT = Report(
     name="groups",
     title="Groups and seats",
-    description="Per group: seats bought, used and idle, utilisation, IP ranges, renewal date.",
+    description=(
+        "Per group: seats bought, used and idle, utilisation, IP ranges and their anonymous "
+        "sessions, renewal date."
+    ),
     columns=COLUMNS,
     filters=frozenset({"plan", "country"}),
     build=build,

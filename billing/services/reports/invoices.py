@@ -1,10 +1,15 @@
-"""Invoices / revenue: every invoice in the range, with net, VAT, gross, paid and refunded.
+"""Invoices / revenue: every invoice in the range, with net, VAT, gross, paid and refunded, and
+what its VAT rests on.
 
-Columns this report reads (the lead may rename them at merge; they are all in this module):
-``invoices.number, created_at, customer_country, customer_vat_id, subtotal, tax, total,
-amount_paid, amount_refunded, currency, status``; the customer's reader e-mail or group name; the
-subscription's plan code. Net is ``total - tax`` (prices include VAT). The country's evidence
-(declared and card country) is not on the invoice yet, so it is not a column yet.
+Columns this report reads (all in this module): ``invoices.number, created_at, customer_country,
+customer_vat_id, tax, total, amount_paid, amount_refunded, currency, status``; the VAT decision
+recorded when the invoice was mirrored (``tax_country``, the member state the VAT is owed to;
+``tax_kind``, domestic / oss / reverse_charge / outside_eu; ``tax_rate``, the percentage it was
+taxed at; ``tax_evidence``, the declared and card country); the customer's reader e-mail or group
+name; the subscription's plan code. Net is ``total - tax`` (prices include VAT). The evidence is
+written in SQL as one text (``declared BE, card FR``, a missing one ``unknown``, then
+``, confirmed by reader`` when the reader confirmed their country), so the page, CSV, XLSX and PostgreSQL's
+COPY show the same words. Invoices mirrored before VAT landed have these four columns empty.
 
 Drafts are not invoices yet and are left out; every other status is listed. The totals per
 currency count paid invoices only: revenue is what was paid (the VAT report counts the same).
@@ -15,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import String, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from billing.models import Customer, Group, Invoice, InvoiceStatus, Plan, Reader, Subscription
@@ -36,8 +41,14 @@ COLUMNS = (
     Column("refunded", "Refunded", Kind.MONEY),
     Column("currency", "Currency"),
     Column("status", "Status"),
+    Column("tax_country", "VAT country"),
+    Column("tax_kind", "VAT kind"),
+    Column("tax_rate", "VAT rate %", Kind.DECIMAL),
+    Column("tax_evidence", "Country evidence"),
 )
 MONEY_KEYS = ("net", "vat", "gross", "paid", "refunded")
+EVIDENCE_BLANKS = (None,) * 4
+"""The totals rows have no VAT country, kind, rate or evidence."""
 
 
 def _owner() -> Any:
@@ -45,6 +56,20 @@ def _owner() -> Any:
         (Customer.group_id.is_not(None), literal(Owner.GROUP.value)),
         else_=literal(Owner.INDIVIDUAL.value),
     )
+
+
+def _evidence() -> Any:
+    """The invoice's country evidence as text: ``declared BE, card FR, confirmed by reader``."""
+    evidence = Invoice.tax_evidence
+    recorded = evidence["declared_country"].as_string()
+    declared = func.coalesce(func.nullif(recorded, ""), "unknown")
+    card = func.coalesce(func.nullif(evidence["card_country"].as_string(), ""), "unknown")
+    confirmed = case(
+        (evidence["confirmed_by_reader"].as_boolean(), literal(", confirmed by reader")),
+        else_=literal(""),
+    )
+    text = literal("declared ", String) + declared + literal(", card ", String) + card + confirmed
+    return case((recorded.is_(None), None), else_=text)
 
 
 def _filtered(query: AnySelect, filters: Filters) -> AnySelect:
@@ -92,6 +117,10 @@ def statement(filters: Filters) -> AnySelect:
             Invoice.amount_refunded.label("refunded"),
             Invoice.currency.label("currency"),
             Invoice.status.label("status"),
+            Invoice.tax_country.label("tax_country"),
+            Invoice.tax_kind.label("tax_kind"),
+            Invoice.tax_rate.label("tax_rate"),
+            _evidence().label("tax_evidence"),
         ),
         filters,
     ).order_by(Invoice.created_at, Invoice.id)
@@ -120,7 +149,7 @@ def totals(session: Session, filters: Filters) -> list[tuple[Any, ...]]:
     for currency, count, net, vat, gross, paid, refunded in found:
         blanks = (None,) * 6
         money = (int(net), int(vat), int(gross), int(paid), int(refunded))
-        rows.append((f"Total: {count} paid", *blanks, *money, currency, "paid"))
+        rows.append((f"Total: {count} paid", *blanks, *money, currency, "paid", *EVIDENCE_BLANKS))
     return rows
 
 

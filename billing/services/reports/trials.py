@@ -2,7 +2,12 @@
 still running, the conversion rate and the time to convert.
 
 Columns this report reads (renamed here only, at merge): ``trials.started_at, status,
-converted_at``; the reader's ``country`` (a deleted reader's trial has none and is kept).
+converted_at``; the reader's ``country`` (a deleted reader's trial has none and is kept); the
+reader's ``group_memberships`` for the owner filter. A trial is always a reader's own, so the
+owner filter sorts trials by where the reader ended up: ``group``, the trials of readers who have
+held a seat in a group (an organisation's subscription) since the trial started, whether it
+removed them later or not; ``individual``, all the others (a deleted reader's trial included).
+Converted still means the reader subscribed themselves.
 """
 
 from __future__ import annotations
@@ -11,15 +16,16 @@ from datetime import datetime
 from decimal import Decimal
 from statistics import median
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from billing.models import Reader, Trial, TrialStatus
+from billing.models import GroupMembership, Reader, Trial, TrialStatus
 from billing.services.reports.base import (
     Column,
     Filters,
     Granularity,
     Kind,
+    Owner,
     Report,
     Table,
     period_of,
@@ -76,6 +82,19 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
     )
     if filters.country:
         query = query.where(Reader.country == filters.country)
+    if filters.owner is not None:
+        seated = (
+            select(GroupMembership.id)
+            .where(
+                GroupMembership.reader_id == Trial.reader_id,
+                or_(
+                    GroupMembership.removed_at.is_(None),
+                    GroupMembership.removed_at > Trial.started_at,
+                ),
+            )
+            .exists()
+        )
+        query = query.where(seated if filters.owner == Owner.GROUP else ~seated)
     cohorts: dict[str, list[Trial]] = {}
     everyone: list[Trial] = []
     for trial in session.scalars(query):
@@ -87,6 +106,11 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
         "A cohort is the trials that started in the week or month. Converted: the reader "
         "subscribed (the trial's status); time to convert runs from the trial's start."
     ]
+    if filters.owner is not None:
+        notes.append(
+            "Group: trials of readers who have held a group seat since the trial started; "
+            "individual: all the others."
+        )
     return Table(COLUMNS, rows, totals, notes)
 
 
@@ -96,7 +120,7 @@ REPORT = Report(
     description="Started, converted and expired per weekly or monthly cohort, the conversion "
     "rate and the time to convert.",
     columns=COLUMNS,
-    filters=frozenset({"country"}),
+    filters=frozenset({"country", "owner"}),
     build=build,
     default_granularity=Granularity.MONTH,
 )

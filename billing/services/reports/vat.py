@@ -9,12 +9,14 @@ in the domestic return, not the OSS one), ``reverse charge`` (no VAT charged, a 
 period is a ``refund`` line of that period; a refund of an earlier period's invoice is a
 correction of that period (member state, period, VAT difference), as the OSS return's part 3
 wants. Each refund's VAT is its share of the invoice's VAT, rounded to the cent. A range with
-nothing in it still gives a total line per period: a nil return.
+nothing in it still gives a total line per period: a nil return. The owner filter keeps the
+invoices (and refunds of invoices) of groups or of readers, by the invoice's customer.
 
 Columns this report reads (renamed in this module only, at merge): ``invoices.created_at,
-customer_country, customer_vat_id, total, tax, currency, status``; ``refunds.amount,
-created_at, invoice_id``. The VAT rate is derived as ``tax / (total - tax)`` to 0.1 % until the
-invoice records its rate; the publisher's country is the ``PUBLISHER_COUNTRY`` setting.
+customer_country, customer_vat_id, total, tax, tax_rate, currency, status, customer_id``;
+``customers.group_id``; ``refunds.amount, created_at, invoice_id``. The VAT rate is the one
+the invoice recorded, derived as ``tax / (total - tax)`` to 0.1 % for invoices mirrored before
+VAT landed; the publisher's country is the ``PUBLISHER_COUNTRY`` setting.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billing.models import Invoice, InvoiceStatus, Refund
+from billing.models import Customer, Invoice, InvoiceStatus, Refund
 from billing.services.reports import ecb
 from billing.services.reports.base import (
+    AnySelect,
     Column,
     Filters,
     Granularity,
     Kind,
+    Owner,
     Report,
     Table,
     period_end,
@@ -149,6 +153,16 @@ def _periods(filters: Filters, granularity: Granularity) -> list[str]:
     return found
 
 
+def _owned(query: AnySelect, filters: Filters) -> AnySelect:
+    """``query`` (of invoices) kept to a group's or to readers' invoices when the filter asks."""
+    if filters.owner is None:
+        return query
+    query = query.join(Customer, Invoice.customer_id == Customer.id)
+    if filters.owner == Owner.GROUP:
+        return query.where(Customer.group_id.is_not(None))
+    return query.where(Customer.group_id.is_(None))
+
+
 def _sales(session: Session, filters: Filters) -> Iterable[Invoice]:
     query = (
         select(Invoice)
@@ -162,7 +176,7 @@ def _sales(session: Session, filters: Filters) -> Iterable[Invoice]:
     )
     if filters.currency:
         query = query.where(Invoice.currency == filters.currency)
-    return session.scalars(query)
+    return session.scalars(_owned(query, filters))
 
 
 def _refunds(session: Session, filters: Filters) -> Iterable[tuple[Refund, Invoice]]:
@@ -178,7 +192,7 @@ def _refunds(session: Session, filters: Filters) -> Iterable[tuple[Refund, Invoi
     )
     if filters.currency:
         query = query.where(Invoice.currency == filters.currency)
-    return session.execute(query)
+    return session.execute(_owned(query, filters))
 
 
 def sums(session: Session, filters: Filters, home: str | None) -> _Sums:
@@ -289,6 +303,11 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
             f"{rates.newest}): update billing/data/ecb_rates.csv."
         )
     notes.append("Totals: OSS VAT due per period in EUR, corrections of earlier periods included.")
+    if filters.owner is not None:
+        notes.append(
+            f"Only the {filters.owner.value} customers' invoices: the return to file is the "
+            "unfiltered one."
+        )
     sections = {
         "Corrections of earlier periods": Table(CORRECTION_COLUMNS, corrections),
     }
@@ -301,7 +320,7 @@ REPORT = Report(
     description="Per period, member state and rate: taxable amount and VAT in EUR at the ECB "
     "rate; refunds in the period they happen, corrections of earlier periods listed apart.",
     columns=COLUMNS,
-    filters=frozenset({"currency"}),
+    filters=frozenset({"currency", "owner"}),
     build=build,
     default_granularity=Granularity.QUARTER,
 )

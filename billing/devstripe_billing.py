@@ -16,14 +16,6 @@ reference, so the pages are tested as they will look in production:
   customer's credit pays the next invoices first. localstripe took a credit off an invoice but
   never wrote what was left back to the customer, so every credit was lost. (localstripe's own
   ``total`` stays what is charged, never below zero; Stripe's ``total`` may be negative.)
-- **Proration at ``proration_date``.** Stripe credits the unused time of the old price when a
-  subscription moves to another one: the price times the quantity times the share of the current
-  period left at the moment of the change, rounded to the minor unit. That moment is the update's
-  ``proration_date`` (or the preview's ``subscription_details.proration_date``) when given, so
-  the charge equals the preview made with the same date, and Stripe's now otherwise. localstripe
-  ignored both dates and credited every earlier invoice of the subscription whatever the time.
-  Here a change of interval (monthly <-> yearly, the change that is invoiced at once) gets
-  Stripe's credit, as one "Unused time" line; other changes keep localstripe's.
 - **The card form.** Stripe.js accepts the card number with spaces (as printed on the card and in
   the README); localstripe refused anything but 16 bare digits with "Bad request", and its card
   element jumped to the expiry after 16 characters, spaces counted. Spaces and dashes are
@@ -35,12 +27,9 @@ from __future__ import annotations
 
 import contextvars
 import re
-import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -91,35 +80,6 @@ def card_problem(card: dict[str, Any]) -> tuple[str, str] | None:
         return "incomplete_cvc", "Your card's security code is incomplete."
     card["cvc"] = cvc
     return None
-
-
-@dataclass
-class Proration:
-    """The unused time a change of price credits: of ``subscription``, worth ``credit``, from
-    ``at`` to ``period_end``; ``lines`` are the "Unused time" items localstripe made for it."""
-
-    subscription: str
-    credit: int
-    at: int
-    period_end: int
-    lines: list[Any] = field(default_factory=list)
-
-
-PRORATING: contextvars.ContextVar[Proration | None] = contextvars.ContextVar(
-    "devstripe_prorating", default=None
-)
-"""The proration of the subscription change being made or previewed, while it is."""
-
-
-def unused_time_credit(amount: int, start: int, end: int, at: int) -> int:
-    """What Stripe credits for the unused time of a price of ``amount`` (minor units, quantity
-    included) for the period ``start``-``end`` changed at ``at`` (all Unix seconds): the share
-    of the period left, rounded half up; ``at`` outside the period counts as its edge."""
-    if end <= start:
-        return 0
-    moment = min(max(at, start), end)
-    exact = Decimal(amount) * Decimal(end - moment) / Decimal(end - start)
-    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def invoice_prefix(customer_id: str) -> str:
@@ -241,7 +201,6 @@ def install(resources: Any, server: Any) -> None:
 
     Invoice.hosted_invoice_url = property(link(""))
     Invoice.invoice_pdf = property(link("/pdf"))
-    _install_proration(resources)
 
     original_pm_init = PaymentMethod.__init__
 
@@ -294,98 +253,3 @@ def install(resources: Any, server: Any) -> None:
         return await handler(request)
 
     server.app.middlewares.insert(0, billing_middleware)
-
-
-def _install_proration(resources: Any) -> None:
-    """Credit the unused time of a change of interval as Stripe does, at ``proration_date``."""
-    Invoice, InvoiceItem, Plan, Subscription = (
-        resources.Invoice,
-        resources.InvoiceItem,
-        resources.Plan,
-        resources.Subscription,
-    )
-    to_int = resources.try_convert_to_int
-
-    def proration_for(subscription: Any, items: Any, proration_date: Any) -> Proration | None:
-        """The proration of moving ``subscription`` to ``items`` (as the request gives them), if
-        it changes the interval; None otherwise, or when the request is one localstripe refuses."""
-        if subscription is None or not isinstance(items, list) or len(items) != 1:
-            return None
-        plan_id = items[0].get("plan") if isinstance(items[0], dict) else None
-        at = to_int(proration_date) if proration_date is not None else int(time.time())
-        if not isinstance(plan_id, str) or type(at) is not int:
-            return None
-        new_plan = resources.store.get(f"{Plan.object}:{plan_id}")
-        old_item = subscription.items._list[0]
-        old_plan = old_item.plan
-        if new_plan is None or (new_plan.interval, new_plan.interval_count) == (
-            old_plan.interval,
-            old_plan.interval_count,
-        ):
-            return None
-        start, end = subscription.current_period_start, subscription.current_period_end
-        amount = old_item._calculate_amount()
-        credit = unused_time_credit(amount, start, end, at)
-        return Proration(subscription.id, credit, min(max(at, start), end), end)
-
-    original_update = Subscription._update
-
-    def update(self: Any, *args: Any, **data: Any) -> Any:
-        proration = proration_for(self, data.get("items"), data.get("proration_date"))
-        token = PRORATING.set(proration)
-        try:
-            return original_update(self, *args, **data)
-        finally:
-            PRORATING.reset(token)
-
-    original_next_invoice = Invoice._get_next_invoice.__func__
-
-    def get_next_invoice(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        subscription_id = kwargs.get("subscription")
-        subscription = (
-            resources.store.get(f"{Subscription.object}:{subscription_id}")
-            if isinstance(subscription_id, str)
-            else None
-        )
-        proration = proration_for(
-            subscription,
-            kwargs.get("subscription_items"),
-            kwargs.get("subscription_proration_date"),
-        )
-        token = PRORATING.set(proration)
-        try:
-            return original_next_invoice(cls, *args, **kwargs)
-        finally:
-            PRORATING.reset(token)
-
-    original_item_init = InvoiceItem.__init__
-
-    def invoice_item_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_item_init(self, *args, **kwargs)
-        proration = PRORATING.get()
-        if (
-            proration is not None
-            and self.description == "Unused time"
-            and self.subscription == proration.subscription
-        ):
-            proration.lines.append(self)
-
-    original_invoice_init = Invoice.__init__
-
-    def invoice_init(self: Any, *args: Any, items: Any = (), **kwargs: Any) -> None:
-        proration = PRORATING.get()
-        lines = list(items)
-        if proration is not None and proration.lines:
-            kept, *dropped = proration.lines
-            kept.amount = -proration.credit
-            kept.period = {"start": proration.at, "end": proration.period_end}
-            for line in dropped:
-                lines = [item for item in lines if item is not line]
-                resources.store.pop(f"{InvoiceItem.object}:{line.id}", None)
-            proration.lines = []
-        original_invoice_init(self, *args, items=lines, **kwargs)
-
-    Subscription._update = update
-    Invoice._get_next_invoice = classmethod(get_next_invoice)
-    InvoiceItem.__init__ = invoice_item_init
-    Invoice.__init__ = invoice_init

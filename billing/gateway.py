@@ -854,13 +854,12 @@ class _LocalstripeDialect(_Dialect):
       :func:`billing.devstripe.install_stripe_tax_behaviour` makes both behave as on Stripe.
     - No disputes, trials (status ``trialing`` never happens), Checkout, Billing Portal or test
       clocks.
-    - Proration is crude: a price change adds "Unused time" items worth minus every earlier
-      invoice of the subscription, whatever ``proration_date`` says; a change of interval
+    - Proration is crude: a price or quantity change adds "Unused time" items worth minus every
+      earlier invoice of the subscription, whatever ``proration_date`` says; a change of interval
       (monthly <-> yearly) invoices and charges at once, restarting the period. A change of
-      quantity ignores ``proration_date`` and its preview needs the plan on every item:
-      :mod:`billing.devstripe_prorations` makes both prorate by the second, as Stripe does, and
-      ``billing.devstripe_billing`` credits a change of interval as Stripe does: the old price's
-      share of the period left at ``proration_date`` (the preview's too).
+      quantity's preview needs the plan on every item. :mod:`billing.devstripe_prorations`
+      makes a change of quantity and a change of interval prorate by the second at
+      ``proration_date`` (the preview's too), as Stripe does.
     - Failing payments: card 4000000000000341 and SEPA IBAN DE62370400440532013001 are declined,
       card 4000008260003178 needs 3-D Secure (``POST /v1/payment_intents/<id>/_authenticate`` with
       ``client_secret`` and ``success``) and is declined even after it. A first invoice declined

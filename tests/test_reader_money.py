@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
-from billing.devstripe_billing import card_problem, luhn_ok, pdf_document, unused_time_credit
+from billing.devstripe_billing import card_problem, luhn_ok, pdf_document
+from billing.devstripe_prorations import share_left
 from billing.gateway import GatewayError, StripeGateway
 from billing.models import Customer, Invoice, InvoiceStatus, Plan, Reader
 from billing.services import notices, payments
@@ -237,7 +238,7 @@ def test_a_switch_charges_what_its_preview_showed_though_the_clock_moved_before_
     wait = timedelta(minutes=20)
 
     def credit(at: datetime) -> int:
-        return unused_time_credit(1200, start, end, int(at.timestamp()))
+        return share_left(1200, start, end, int(at.timestamp()))
 
     # Ten days into the month, at a moment whose unused time is worth a cent less 20 minutes on.
     base = clock.now() + timedelta(days=10)
@@ -305,14 +306,6 @@ def test_a_switch_confirmed_from_a_stale_or_future_preview_is_refused_and_change
     stripe_subscription = gateway.retrieve_subscription(only_subscription(session).stripe_id)
     assert stripe_subscription.price_id == only_subscription(session).plan.stripe_price_id
     assert only_subscription(session).plan.code == MONTHLY
-
-
-def test_unused_time_is_credited_by_the_share_of_the_period_left_clamped_to_the_period() -> None:
-    assert unused_time_credit(1200, 1_000, 4_000, 1_000) == 1200
-    assert unused_time_credit(1200, 1_000, 4_000, 2_500) == 600
-    assert unused_time_credit(1000, 0, 3, 1) == 667, "rounded half up to the cent"
-    assert unused_time_credit(1200, 1_000, 4_000, 500) == 1200, "before the period: all of it"
-    assert unused_time_credit(1200, 1_000, 4_000, 9_000) == 0, "after the period: nothing"
 
 
 def test_the_next_invoice_uses_the_credit_first_and_keeps_the_rest(

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import tracemalloc
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
-from billing.models import AuditLog, Invoice, InvoiceStatus, StaffRole
+from billing.models import AuditLog, Invoice, InvoiceStatus, StaffRole, TrialStatus
 from billing.services import reports
 from billing.services.reports import export
 from billing.services.reports.base import Filters
@@ -306,3 +306,38 @@ def test_a_100000_invoice_export_streams_in_bounded_memory(
     assert progress.rows == 100_000
     assert size > 100_000 * 50
     assert peak < 16 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_the_xlsx_writes_times_as_times_shares_and_days_as_numbers_and_totals_in_bold(
+    session: Session, clock: FixedClock, tmp_path: Path
+) -> None:
+    day = factories.NOW.replace(day=3, hour=9, minute=30, second=15)
+    factories.InvoiceFactory(created_at=day)
+    trial = factories.TrialFactory(started_at=day, status=TrialStatus.CONVERTED)
+    trial.converted_at = day + timedelta(days=2, hours=12)
+    session.commit()
+    invoices_path, trials_path = tmp_path / "invoices.xlsx", tmp_path / "trials.xlsx"
+
+    export.write_xlsx(
+        session,
+        reports.get("invoices"),
+        NOVEMBER,
+        clock.now(),
+        str(invoices_path),
+        export.Progress(),
+    )
+    export.write_xlsx(
+        session, reports.get("trials"), NOVEMBER, clock.now(), str(trials_path), export.Progress()
+    )
+
+    invoices_book = openpyxl.load_workbook(invoices_path)
+    sheet = invoices_book.active
+    assert sheet["B2"].value == datetime(2026, 11, 3, 9, 30, 15)
+    assert sheet["B2"].number_format == "yyyy-mm-dd hh:mm:ss"
+    assert (sheet["H2"].value, sheet["H2"].number_format) == (9.92, "#,##0.00")
+    assert sheet["A4"].value == "Total: 1 paid" and sheet["A4"].font.bold
+    assert not sheet["A2"].font.bold
+    trials_book = openpyxl.load_workbook(trials_path)
+    cohort = [cell.value for cell in trials_book.active[2]]
+    assert cohort == ["2026-11", 1, 1, 0, 0, 1.0, 2.5, 2.5]
+    assert trials_book.active["F2"].number_format == "0.00%"

@@ -1221,6 +1221,24 @@ class StripeGateway:
         return self._customer(self._client.v1.customers.update(customer_id, params).to_dict())
 
     @_translating
+    def set_customer_vat_id(self, customer_id: str, vat_id: str | None) -> None:
+        """Make ``vat_id`` the customer's only EU VAT tax id (Stripe prints it on invoices), or
+        remove every one when None: the customer's other ``eu_vat`` tax ids are deleted
+        (``DELETE /v1/customers/{id}/tax_ids/{tax_id}``) and ``vat_id`` added when missing
+        (``POST /v1/customers/{id}/tax_ids``); tax ids of other types stay."""
+        tax_ids = self._client.v1.customers.tax_ids
+        present = False
+        for raw in tax_ids.list(customer_id).to_dict().get("data") or []:
+            if raw.get("type") != "eu_vat":
+                continue
+            if vat_id is not None and raw.get("value") == vat_id and not present:
+                present = True
+                continue
+            tax_ids.delete(customer_id, _str(raw, "id"))
+        if vat_id is not None and not present:
+            tax_ids.create(customer_id, {"type": "eu_vat", "value": vat_id})
+
+    @_translating
     def retrieve_customer(self, customer_id: str) -> StripeCustomerData:
         """Fetch one customer (``deleted`` is True if it was deleted on Stripe)."""
         return self._customer(self._client.v1.customers.retrieve(customer_id).to_dict())

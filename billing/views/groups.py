@@ -7,6 +7,7 @@ and comes back to the group's page with what happened.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from flask import (
@@ -23,7 +24,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from wtforms import HiddenField, IntegerField, RadioField, StringField, TextAreaField
+from wtforms import HiddenField, IntegerField, RadioField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
@@ -32,11 +33,13 @@ from billing.clock import current_clock
 from billing.errors import DomainError, NotFound, ValidationFailed, error_body
 from billing.gateway import StripeGateway
 from billing.models import Group, MembershipRole
-from billing.services import groups, ip_sessions
+from billing.services import group_vat, groups, ip_sessions, taxes
 from billing.services.groups import GroupRules, NoSeatsLeft
+from billing.services.vat import TaxKind, plain_rate
 from billing.views import guards
 from billing.views.forms import (
     COUNTRY_CHOICES,
+    COUNTRY_NAMES,
     ButtonForm,
     _email_field,
     _known_country,
@@ -45,6 +48,7 @@ from billing.views.forms import (
     render_form,
     render_refused,
 )
+from billing.views.payments import long_date
 
 bp = Blueprint("groups", __name__)
 
@@ -126,6 +130,19 @@ class SeatsForm(FlaskForm):
     """The moment the price shown was prorated for (Unix seconds), kept for the change."""
 
 
+class TaxDetailsForm(FlaskForm):
+    """The organisation's country and VAT number, which decide the VAT of its next invoices."""
+
+    country = SelectField(
+        "Country",
+        [DataRequired("Choose the organisation's country."), _known_country],
+        choices=COUNTRY_CHOICES,
+        validate_choice=False,
+        filters=[_upper],
+    )
+    vat_id = StringField("VAT number (empty: none)", [Length(max=32)], filters=[_strip])
+
+
 def _my_group(public_id: str) -> Group:
     """The group of ``public_id`` if the logged-in reader is its admin (404 otherwise)."""
     group = groups.by_public_id(db.session(), public_id)
@@ -135,6 +152,19 @@ def _my_group(public_id: str) -> Group:
         groups.require_admin(db.session(), group, guards.reader())
     except DomainError:
         abort(404)
+    return group
+
+
+def _admin_group(public_id: str) -> Group:
+    """The group of ``public_id`` if the logged-in reader is its admin: 403 for a member who is
+    not, 404 for anyone else."""
+    group = groups.by_public_id(db.session(), public_id)
+    if group is None:
+        abort(404)
+    try:
+        groups.require_admin(db.session(), group, guards.reader())
+    except DomainError as error:
+        abort(error.status)
     return group
 
 
@@ -281,6 +311,10 @@ def _render_show(group: Group, status: int = 200, **forms: Any) -> ResponseRetur
     seats_form = forms.get("seats_form") or SeatsForm(
         seats=subscription.quantity if subscription else rules.min_seats
     )
+    tax_now = group_vat.group_tax_now(session, group, now=now, settings=taxes.current_settings())
+    tax_form = forms.get("tax_form") or TaxDetailsForm(
+        country=group.country, vat_id=group.vat_id or ""
+    )
     return render_template(
         "groups/show.html",
         group=group,
@@ -299,6 +333,10 @@ def _render_show(group: Group, status: int = 200, **forms: Any) -> ResponseRetur
         range_form=forms.get("range_form") or RangeForm(),
         seats_form=seats_form,
         seat_change=forms.get("seat_change"),
+        tax_now=tax_now,
+        tax_words=group_vat_words(tax_now.country, tax_now.rate, tax_now.kind),
+        tax_country_name=COUNTRY_NAMES.get(tax_now.country, tax_now.country),
+        tax_form=tax_form,
         report=forms.get("report"),
         button=ButtonForm(),
         admin_role=MembershipRole.ADMIN,
@@ -523,6 +561,69 @@ def renewal(public_id: str) -> ResponseReturnValue:
         "The subscription renews again."
         if renew
         else "Cancelled: members keep reading until the end of the paid year.",
+    )
+
+
+def group_vat_words(country: str, rate: Decimal, kind: TaxKind) -> str:
+    """How an organisation's seats are taxed, in words: ``reverse charge (0 % VAT)``,
+    ``Germany's VAT of 19 % on top of the net price``."""
+    name = COUNTRY_NAMES.get(country, country)
+    if kind == TaxKind.REVERSE_CHARGE:
+        return "reverse charge (0 % VAT: you account for it)"
+    if rate == 0:
+        return f"no VAT ({name})"
+    if kind == TaxKind.OUTSIDE_EU:
+        return f"VAT of {plain_rate(rate)} % on top of the net price (outside the EU, {name})"
+    return f"{name}'s VAT of {plain_rate(rate)} % on top of the net price"
+
+
+@bp.post("/groups/<public_id>/tax")
+@login_required
+def tax_details(public_id: str) -> ResponseReturnValue:
+    """Change the organisation's country and VAT number; they apply from its next invoice."""
+    group = _admin_group(public_id)
+    session, now = db.session(), current_clock().now()
+    form = TaxDetailsForm()
+    if not form.validate_on_submit():
+        return _render_show(group, 400, tax_form=form)
+    try:
+        change = group_vat.change_group_tax(
+            session,
+            _gateway(),
+            group,
+            guards.reader(),
+            country=form.country.data,
+            vat_id=form.vat_id.data or "",
+            now=now,
+            settings=taxes.current_settings(),
+        )
+    except DomainError as error:
+        session.rollback()
+        field = getattr(form, error.field or "", None)
+        if field is None:
+            flash(error.message, "error")
+            return redirect(url_for("groups.show", public_id=group.public_id))
+        field.errors = [error.message]
+        return _render_show(group, error.status, tax_form=form)
+    session.commit()
+    flash(_tax_change_message(change), "success" if change.changed else "info")
+    return redirect(url_for("groups.show", public_id=group.public_id))
+
+
+def _tax_change_message(change: group_vat.GroupTaxChange) -> str:
+    """What the admin is told after changing the organisation's country or VAT number."""
+    if not change.changed:
+        return "These are already your organisation's country and VAT number: nothing changed."
+    after = group_vat_words(change.after.country, change.after.rate, change.after.kind)
+    before = group_vat_words(change.before.country, change.before.rate, change.before.kind)
+    if change.applies_from is None:
+        return f"Saved. Invoices from now on: {after}."
+    when = long_date(change.applies_from)
+    same = after == before
+    return (
+        f"Saved. From your next invoice, on {when}, your seats are invoiced with {after}"
+        + ("" if same else f" instead of {before}")
+        + ". Invoices already issued keep their VAT."
     )
 
 

@@ -4,7 +4,8 @@
 Builds a throwaway database on ``BENCH_DATABASE_URL``'s server (default the local PostgreSQL),
 fills it with invoices through ``COPY FROM``, then measures each export in its own process, so
 each peak memory (``ru_maxrss``: the interpreter and its imports included) is that export's
-alone. Prints a markdown table.
+alone, and the ``billing export`` command itself as operators run it (the whole process: the
+app, its imports and the export). Prints a markdown table.
 
     .venv/bin/python bench/bench_exports.py [--rows 1000000]
 """
@@ -101,6 +102,26 @@ def fill(url: str, rows: int) -> None:
         cur.execute("ANALYZE")
 
 
+def measure_cli(url: str) -> dict[str, float]:
+    """Run ``flask --app app billing export invoices`` as a process of its own and report its
+    time, size and peak memory (its ``ru_maxrss``, from ``wait4``: the whole command)."""
+    out = Path(tempfile.mkstemp(suffix=".csv")[1])
+    flask = Path(sys.executable).with_name("flask")
+    command = [str(flask), "--app", "app", "billing", "export", "invoices"]
+    command += ["--from", RANGE[0].isoformat(), "--to", RANGE[1].isoformat(), "--out", str(out)]
+    env = {**os.environ, "DATABASE_URL": url, "SECRET_KEYS": "bench-" * 8}
+    began = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - began
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"billing export failed with {process.returncode}")
+    size = out.stat().st_size
+    out.unlink()
+    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "bytes": size}
+
+
 def measure(url: str, mode: str) -> dict[str, float]:
     """Run one export (``copy``, ``csv`` or ``xlsx``) and report its time, size and peak memory."""
     from sqlalchemy import select
@@ -162,11 +183,12 @@ def main() -> None:
     """Build the database, run each export in its own process, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--measure", choices=["copy", "csv", "xlsx"], help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=["copy", "csv", "xlsx", "cli"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.url, args.measure)))
+        found = measure_cli(args.url) if args.measure == "cli" else measure(args.url, args.measure)
+        print(json.dumps(found))
         return
     import psycopg
 
@@ -182,7 +204,7 @@ def main() -> None:
             f"filled {args.rows:,} invoices in {time.perf_counter() - began:.1f} s", file=sys.stderr
         )
         results = {}
-        for mode in ("copy", "csv", "xlsx"):
+        for mode in ("copy", "csv", "xlsx", "cli"):
             done = subprocess.run(
                 [sys.executable, __file__, "--measure", mode, "--url", url],
                 capture_output=True,
@@ -195,7 +217,7 @@ def main() -> None:
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    copy, ours, xlsx = results["copy"], results["csv"], results["xlsx"]
+    copy, ours, xlsx, cli = results["copy"], results["csv"], results["xlsx"], results["cli"]
     ratio = ours["seconds"] / copy["seconds"]
     print(
         f"| export of {args.rows:,} invoices (PostgreSQL) | seconds | peak MB (process) | of which the export | MB written | ratio to COPY |"
@@ -209,6 +231,9 @@ def main() -> None:
     )
     print(
         f"| our XLSX: XlsxWriter constant_memory (target <= 200 MB) | {xlsx['seconds']:.2f} | {xlsx['peak_mb']:.0f} | {xlsx['growth_mb']:.0f} | {xlsx['bytes'] / 1e6:.0f} | {xlsx['seconds'] / copy['seconds']:.1f} |"
+    )
+    print(
+        f"| `flask --app app billing export invoices` (CSV), the whole command (target <= 100 MB) | {cli['seconds']:.2f} | {cli['peak_mb']:.0f} |  | {cli['bytes'] / 1e6:.0f} | {cli['seconds'] / copy['seconds']:.2f} |"
     )
     print()
     print(

@@ -781,23 +781,34 @@ def sync_plans() -> None:
 @billing_cli.command("reconcile")
 def reconcile() -> None:
     """Re-sync every customer, subscription and invoice of ours from Stripe (after an outage, or
-    to check the mirror); each object in its own transaction. Exits 1 if any failed."""
+    to check the mirror); each object in its own transaction. Exits 1 if any failed. The demo
+    history (``seed-demo``'s past, in the mirror only) is left alone."""
     from billing.gateway import is_ours
     from billing.models import Customer, Subscription
+    from billing.services.demo_history import is_demo
 
     gateway = current_app.extensions["stripe_gateway"]
     now = current_clock().now()
     with db.new_session() as session:
-        customers = list(session.scalars(select(Customer.stripe_id).order_by(Customer.id)))
+        mirrored = list(session.scalars(select(Customer.stripe_id).order_by(Customer.id)))
         known = set(session.scalars(select(Subscription.stripe_id)))
+    customers = [c for c in mirrored if not is_demo(c)]
+    demo = (len(mirrored) - len(customers), sum(1 for s in known if is_demo(s)))
+    known = {s for s in known if not is_demo(s)}
     listed = [s.id for s in gateway.list_subscriptions() if is_ours(s)]
     subscriptions = listed + sorted(known - set(listed))
     summary = [_resync_all("customers", "customer", customers, now)]
     summary.append(_resync_all("subscriptions", "subscription", subscriptions, now))
     with db.new_session() as session:
-        billed = session.scalars(
-            select(Customer.stripe_id).where(Customer.deleted_at.is_(None)).order_by(Customer.id)
-        ).all()
+        billed = [
+            c
+            for c in session.scalars(
+                select(Customer.stripe_id)
+                .where(Customer.deleted_at.is_(None))
+                .order_by(Customer.id)
+            )
+            if not is_demo(c)
+        ]
     invoices = [i.id for c in billed for i in gateway.list_invoices(customer_id=c) if is_ours(i)]
     summary.append(_resync_all("invoices", "invoice", invoices, now))
     failed = sum(counts.pop("failed", 0) for _, counts in summary)
@@ -811,6 +822,11 @@ def reconcile() -> None:
         )
         + f"; {failed} failed."
     )
+    if any(demo):
+        click.echo(
+            f"Left alone: {demo[0]} customers and {demo[1]} subscriptions of the demo history "
+            "(in the mirror only, not on Stripe)."
+        )
     if failed:
         raise click.exceptions.Exit(1)
 

@@ -20,13 +20,23 @@ on the same price** (a change of price keeps localstripe's own behaviour):
   proration lines (``period.start`` = the proration date) and the next period at the new
   quantity. Nothing is stored.
 
+- **A change of interval** (``items[0][plan]`` monthly <-> yearly, which localstripe invoices
+  and charges at once), in the update and in the preview: the unused time of the old price is
+  credited as Stripe does, as one "Unused time" line of minus the old price's share of the period
+  left at ``proration_date`` (``subscription_details[proration_date]`` in the preview; default
+  now) instead of minus every earlier invoice, whatever the date. So a switch confirmed with the
+  preview's ``proration_date`` is charged what the preview said. Other changes of price keep
+  localstripe's own behaviour.
+
 The share of the period left is counted in seconds, as Stripe does: ``amount * quantity *
 (period_end - proration_date) / (period_end - period_start)``, rounded half up.
 """
 
 from __future__ import annotations
 
+import contextvars
 import time
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -43,8 +53,123 @@ def share_left(amount: int, start: int, end: int, at: int) -> int:
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+@dataclass
+class IntervalChange:
+    """The unused time a change of interval credits: of ``subscription``, worth ``credit``,
+    from ``at`` to ``period_end``; ``lines`` are the "Unused time" items localstripe made."""
+
+    subscription: str
+    credit: int
+    at: int
+    period_end: int
+    lines: list[Any] = field(default_factory=list)
+
+
+CHANGING_INTERVAL: contextvars.ContextVar[IntervalChange | None] = contextvars.ContextVar(
+    "devstripe_changing_interval", default=None
+)
+"""The change of interval being made or previewed, while it is."""
+
+
+def _install_interval_changes(resources: Any) -> None:
+    """Credit the unused time of a change of interval as Stripe does, at ``proration_date``."""
+    Invoice, InvoiceItem, Subscription = (
+        resources.Invoice,
+        resources.InvoiceItem,
+        resources.Subscription,
+    )
+    to_int, store = resources.try_convert_to_int, resources.store
+
+    def interval_change(
+        subscription: Any, items: Any, proration_date: Any
+    ) -> IntervalChange | None:
+        """What moving ``subscription`` to ``items`` (as the request gives them) credits, when
+        it changes the interval; None otherwise, or for a request localstripe refuses anyway."""
+        if subscription is None or not isinstance(items, list) or len(items) != 1:
+            return None
+        plan_id = items[0].get("plan") if isinstance(items[0], dict) else None
+        at = to_int(proration_date) if proration_date is not None else int(time.time())
+        if not isinstance(plan_id, str) or type(at) is not int:
+            return None
+        new_plan = store.get(f"plan:{plan_id}")
+        old_item = subscription.items._list[0]
+        old_plan = old_item.plan
+        if new_plan is None or (new_plan.interval, new_plan.interval_count) == (
+            old_plan.interval,
+            old_plan.interval_count,
+        ):
+            return None
+        start, end = subscription.current_period_start, subscription.current_period_end
+        credit = share_left(old_item._calculate_amount(), start, end, at)
+        return IntervalChange(subscription.id, credit, min(max(at, start), end), end)
+
+    original_update = Subscription._update
+
+    def update(self: Any, *args: Any, **data: Any) -> Any:
+        change = interval_change(self, data.get("items"), data.get("proration_date"))
+        token = CHANGING_INTERVAL.set(change)
+        try:
+            return original_update(self, *args, **data)
+        finally:
+            CHANGING_INTERVAL.reset(token)
+
+    original_next_invoice = Invoice._get_next_invoice.__func__
+
+    def next_invoice(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        subscription_id = kwargs.get("subscription")
+        subscription = (
+            store.get(f"subscription:{subscription_id}")
+            if isinstance(subscription_id, str)
+            else None
+        )
+        change = interval_change(
+            subscription,
+            kwargs.get("subscription_items"),
+            kwargs.get("subscription_proration_date"),
+        )
+        token = CHANGING_INTERVAL.set(change)
+        try:
+            return original_next_invoice(cls, *args, **kwargs)
+        finally:
+            CHANGING_INTERVAL.reset(token)
+
+    original_item_init = InvoiceItem.__init__
+
+    def invoice_item_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_item_init(self, *args, **kwargs)
+        change = CHANGING_INTERVAL.get()
+        if (
+            change is not None
+            and self.description == "Unused time"
+            and self.subscription == change.subscription
+        ):
+            change.lines.append(self)
+
+    original_invoice_init = Invoice.__init__
+
+    def invoice_init(self: Any, *args: Any, items: Any = (), **kwargs: Any) -> None:
+        change = CHANGING_INTERVAL.get()
+        lines = list(items)
+        if change is not None and change.lines:
+            kept, *dropped = change.lines
+            kept.amount = -change.credit
+            kept.period = {"start": change.at, "end": change.period_end}
+            for line in dropped:
+                lines = [item for item in lines if item is not line]
+                store.pop(f"invoiceitem:{line.id}", None)
+            change.lines = []
+        original_invoice_init(self, *args, items=lines, **kwargs)
+
+    Subscription._update = update
+    Invoice._get_next_invoice = classmethod(next_invoice)
+    InvoiceItem.__init__ = invoice_item_init
+    Invoice.__init__ = invoice_init
+
+
 def install(resources: Any) -> None:
-    """Teach the localstripe in ``resources`` Stripe's prorations of a change of quantity."""
+    """Teach the localstripe in ``resources`` Stripe's prorations of a change of quantity or of
+    interval."""
+    _install_interval_changes(resources)
     subscription_cls, invoice_cls = resources.Subscription, resources.Invoice
     invoice_item_cls, subscription_item_cls = resources.InvoiceItem, resources.SubscriptionItem
     UserError, store, to_int = resources.UserError, resources.store, resources.try_convert_to_int

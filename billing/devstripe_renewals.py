@@ -53,6 +53,8 @@ def install(resources: Any, server: Any) -> None:
             return dict(period)
         subscription = subscription_cls._api_retrieve(self._subscription)
         cycles = getattr(subscription, "_tollgate_cycles", 0)
+        if cycles == 0:
+            return dict(period)
         step = _STEPS.get(self.plan.interval, relativedelta(months=1)) * self.plan.interval_count
         start = datetime.fromtimestamp(period["start"])
         for _ in range(cycles):

@@ -7,7 +7,8 @@ currency (lower case, as Stripe gives it); times are timezone-aware UTC datetime
 **Construction.** The gateway is injected: ``StripeGateway(client, api_base=...)`` takes a
 ``stripe.StripeClient``; ``StripeGateway.from_config(app.config)`` builds one from
 ``STRIPE_SECRET_KEY`` and ``STRIPE_API_BASE``. Nothing is configured at import time and there is no
-module-level ``stripe.api_key``. The API version is pinned in :data:`STRIPE_API_VERSION`.
+module-level ``stripe.api_key``. stripe-python itself is imported on the first call to Stripe (its
+types only for the type checker), so a process that never calls Stripe never loads it. The API version is pinned in :data:`STRIPE_API_VERSION`.
 
 **Ours or not.** Every object the gateway creates carries ``metadata.tollgate_app = "tollgate"``
 plus specific ``tollgate_*`` keys (``tollgate_reader_id``, ``tollgate_group_id``, ``tollgate_plan``,
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -42,28 +44,31 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Final, Literal, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, ParamSpec, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
-import stripe
-from stripe.params import (
-    CustomerCreateParams,
-    CustomerUpdateParams,
-    InvoiceListParams,
-    PlanCreateParams,
-    PlanListParams,
-    PriceCreateParams,
-    PriceListParams,
-    ProductCreateParams,
-    RefundCreateParams,
-    RefundListParams,
-    SetupIntentCreateParams,
-    SubscriptionCreateParams,
-    SubscriptionCreateParamsItem,
-    SubscriptionListParams,
-    SubscriptionUpdateParams,
-    SubscriptionUpdateParamsItem,
-)
+if TYPE_CHECKING:
+    import stripe
+    from stripe.params import (
+        CustomerCreateParams,
+        CustomerUpdateParams,
+        InvoiceCreatePreviewParamsSubscriptionDetails,
+        InvoiceListParams,
+        PlanCreateParams,
+        PlanListParams,
+        PriceCreateParams,
+        PriceListParams,
+        ProductCreateParams,
+        RefundCreateParams,
+        RefundListParams,
+        SetupIntentCreateParams,
+        SubscriptionCreateParams,
+        SubscriptionCreateParamsItem,
+        SubscriptionListParams,
+        SubscriptionUpdateParams,
+        SubscriptionUpdateParamsItem,
+    )
+
 
 STRIPE_API_VERSION: Final = "2026-10-28.endive"
 """The Stripe API version every request asks for: the one stripe-python 16.1.0 is generated for."""
@@ -125,6 +130,8 @@ class UnsupportedByServerError(GatewayError):
 
 
 def _translate(exc: stripe.StripeError) -> GatewayError:
+    import stripe
+
     message = exc.user_message or str(exc) or type(exc).__name__
     code = exc.code
     status = exc.http_status
@@ -139,6 +146,12 @@ def _translate(exc: stripe.StripeError) -> GatewayError:
     return GatewayError(message, code=code, http_status=status)
 
 
+def _is_stripe_error(exc: BaseException) -> TypeGuard[stripe.StripeError]:
+    """Whether ``exc`` is stripe-python's (never when stripe-python was not even imported yet)."""
+    sdk = sys.modules.get("stripe")
+    return sdk is not None and isinstance(exc, sdk.StripeError)
+
+
 def _translating(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Turn stripe-python's exceptions into the gateway's, so callers never see ``stripe.*``."""
 
@@ -146,8 +159,10 @@ def _translating(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
-        except stripe.StripeError as exc:
-            raise _translate(exc) from exc
+        except Exception as exc:
+            if _is_stripe_error(exc):
+                raise _translate(exc) from exc
+            raise
 
     return wrapper
 
@@ -839,11 +854,12 @@ class _LocalstripeDialect(_Dialect):
       :func:`billing.devstripe.install_stripe_tax_behaviour` makes both behave as on Stripe.
     - No disputes, trials (status ``trialing`` never happens), Checkout, Billing Portal or test
       clocks.
-    - Proration is crude: a price change adds "Unused time" items worth minus every earlier
-      invoice of the subscription; a change of interval (monthly <-> yearly) invoices and
-      charges at once, restarting the period. A change of quantity ignores ``proration_date``
-      and its preview needs the plan on every item: :mod:`billing.devstripe_prorations` makes
-      both prorate by the second, as Stripe does.
+    - Proration is crude: a price or quantity change adds "Unused time" items worth minus every
+      earlier invoice of the subscription, whatever ``proration_date`` says; a change of interval
+      (monthly <-> yearly) invoices and charges at once, restarting the period. A change of
+      quantity's preview needs the plan on every item. :mod:`billing.devstripe_prorations`
+      makes a change of quantity and a change of interval prorate by the second at
+      ``proration_date`` (the preview's too), as Stripe does.
     - Failing payments: card 4000000000000341 and SEPA IBAN DE62370400440532013001 are declined,
       card 4000008260003178 needs 3-D Secure (``POST /v1/payment_intents/<id>/_authenticate`` with
       ``client_secret`` and ``success``) and is declined even after it. A first invoice declined
@@ -1037,12 +1053,25 @@ class StripeGateway:
     """
 
     def __init__(
-        self, client: stripe.StripeClient, *, api_base: str, server: Server | None = None
+        self,
+        client: stripe.StripeClient | Callable[[], stripe.StripeClient],
+        *,
+        api_base: str,
+        server: Server | None = None,
     ) -> None:
-        """Wrap ``client``, which talks to ``api_base``; ``server`` overrides the guess from it."""
-        self._client = client
+        """Wrap ``client`` (or the client a function builds on the first call to Stripe), which
+        talks to ``api_base``; ``server`` overrides the guess from it."""
+        self._given = client
         self._api_base = api_base.rstrip("/")
         self._dialect = _dialect_for(self._api_base, server)
+
+    @functools.cached_property
+    def _client(self) -> stripe.StripeClient:
+        """The client, built on first use when a function was given: stripe-python and its HTTP
+        clients (about 30 MB) are imported only by a process that calls Stripe, not by every one
+        that builds the app (the export command, the worker before its first event)."""
+        given = self._given
+        return given() if callable(given) else given
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> StripeGateway:
@@ -1058,14 +1087,20 @@ class StripeGateway:
             float(config.get("STRIPE_CONNECT_TIMEOUT", 2)),
             float(config.get("STRIPE_READ_TIMEOUT", 5)),
         )
-        client = stripe.StripeClient(
-            secret_key,
-            base_addresses={"api": api_base},
-            stripe_version=STRIPE_API_VERSION,
-            max_network_retries=int(config.get("STRIPE_MAX_NETWORK_RETRIES", 2)),
-            http_client=stripe.RequestsClient(timeout=timeouts),
-        )
-        return cls(client, api_base=api_base)
+        retries = int(config.get("STRIPE_MAX_NETWORK_RETRIES", 2))
+
+        def connect() -> stripe.StripeClient:
+            import stripe
+
+            return stripe.StripeClient(
+                secret_key,
+                base_addresses={"api": api_base},
+                stripe_version=STRIPE_API_VERSION,
+                max_network_retries=retries,
+                http_client=stripe.RequestsClient(timeout=timeouts),
+            )
+
+        return cls(connect, api_base=api_base)
 
     @property
     def server(self) -> Server:
@@ -1343,32 +1378,51 @@ class StripeGateway:
 
     @_translating
     def change_price(
-        self, subscription_id: str, price_id: str, *, quantity: int | None = None
+        self,
+        subscription_id: str,
+        price_id: str,
+        *,
+        quantity: int | None = None,
+        proration_date: datetime | None = None,
     ) -> StripeSubscriptionData:
         """Move the subscription to another price (monthly <-> yearly), keeping its quantity unless
-        one is given. A change of interval invoices and charges at once."""
+        one is given. A change of interval invoices and charges at once.
+
+        ``proration_date``: prorate as though the change happened then (Stripe's
+        ``proration_date``), the moment :meth:`preview_price_change` was asked for, so that the
+        charge is the one previewed; without it Stripe prorates at its own clock's now.
+        """
         current = self.retrieve_subscription(subscription_id)
         item = self._dialect.changed_item(
             current.item_id, price_id, current.quantity if quantity is None else quantity
         )
+        params: SubscriptionUpdateParams = {"items": [item]}
+        if proration_date is not None:
+            params["proration_date"] = int(proration_date.timestamp())
         return self._subscription(
-            self._client.v1.subscriptions.update(subscription_id, {"items": [item]}).to_dict()
+            self._client.v1.subscriptions.update(subscription_id, params).to_dict()
         )
 
     @_translating
-    def preview_price_change(self, subscription_id: str, price_id: str) -> PriceChangePreviewData:
+    def preview_price_change(
+        self, subscription_id: str, price_id: str, *, proration_date: datetime | None = None
+    ) -> PriceChangePreviewData:
         """What :meth:`change_price` to another interval would invoice now (Stripe's
         ``POST /v1/invoices/create_preview`` with the subscription's item moved to ``price_id``);
-        nothing is changed."""
+        nothing is changed. ``proration_date`` (Stripe's ``subscription_details.proration_date``)
+        prorates as of that moment; pass the same to :meth:`change_price` to be charged this."""
         current = self.retrieve_subscription(subscription_id)
         item = self._dialect.changed_item(current.item_id, price_id, current.quantity)
+        # The same change as change_price, with Stripe's default proration: a change of
+        # interval resets the billing cycle, so the preview is the invoice made at once.
+        details: InvoiceCreatePreviewParamsSubscriptionDetails = {"items": [item]}
+        if proration_date is not None:
+            details["proration_date"] = int(proration_date.timestamp())
         raw = self._client.v1.invoices.create_preview(
             {
                 "customer": current.customer_id,
                 "subscription": subscription_id,
-                # The same change as change_price, with Stripe's default proration: a change of
-                # interval resets the billing cycle, so the preview is the invoice made at once.
-                "subscription_details": {"items": [item]},
+                "subscription_details": details,
             }
         ).to_dict()
         return PriceChangePreviewData(
@@ -1462,6 +1516,8 @@ class StripeGateway:
 
         A declined payment is not an error: the returned invoice is then still ``open``.
         """
+        import stripe
+
         try:
             self._client.v1.invoices.pay(invoice_id)
         except stripe.CardError:

@@ -32,6 +32,13 @@ pytest_plugins = ["tests.browser", "tests.stripe_server", "tests.clock_ahead"]
 
 START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+NO_STRIPE = "http://127.0.0.1:9"
+"""Where a test app that did not ask for :func:`stripe` looks for Stripe: a port nothing serves.
+
+Not the development default (127.0.0.1:8420): that is the localstripe of a running ``make run``,
+and a test writing its customers into the developer's demo (or passing only because one answers
+there) is neither isolated nor repeatable.
+"""
 
 
 def _postgres_database(admin_url: str, worker: str) -> Iterator[str]:
@@ -82,6 +89,8 @@ def app_config(database_url: str, clock: FixedClock) -> dict[str, Any]:
         "SMTP_URL": "",
         "PUBLIC_BASE_URL": "http://localhost",
         "SERVER_NAME": None,
+        "STRIPE_API_BASE": NO_STRIPE,
+        "STRIPE_JS_URL": f"{NO_STRIPE}/js.stripe.com/v3/",
     }
 
 

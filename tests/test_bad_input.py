@@ -222,6 +222,23 @@ def test_an_unknown_query_parameter_of_the_api_is_a_400_naming_it(
     assert "Unknown query parameter" in response.get_json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/v1/entitlement?ip=192.0.2.1&ip=203.0.113.5", "ip"),
+        ("/api/v1/entitlement?ip=192.0.2.1&ip=192.0.2.1", "ip"),
+        ("/api/v1/readers?email=a@example.org&email=b@example.org", "email"),
+    ],
+)
+def test_a_query_parameter_of_the_api_given_twice_is_a_400_naming_it(
+    client: FlaskClient, api_key: str, path: str, field: str
+) -> None:
+    response = client.get(path, headers=auth(api_key))
+
+    assert_json_error(response, 400, field)
+    assert "once" in response.get_json()["error"]["message"]
+
+
 # --- JSON: depth, encoding, numbers ---------------------------------------------------------
 
 

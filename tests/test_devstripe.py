@@ -141,3 +141,17 @@ def test_devstripe_refuses_to_start_on_a_store_it_cannot_load(tmp_path: Path) ->
     assert finished.returncode == 1
     assert f"cannot load the localstripe store {store}" in finished.stderr
     assert store.read_bytes() == b"not a pickle"
+
+
+def test_the_stand_in_prorates_the_share_of_the_period_left_to_the_second_rounding_half_up() -> (
+    None
+):
+    from billing.devstripe_prorations import share_left
+
+    start, end = 1_800_000_000, 1_800_000_000 + 365 * 86400
+    assert share_left(9600, start, end, start) == 9600
+    assert share_left(9600, start, end, start + 365 * 43200) == 4800
+    assert share_left(9600, start, end, end) == 0
+    assert share_left(9600, start, end, start - 60) == 9600, "before the period: all of it"
+    assert share_left(9600, start, end, end + 60) == 0
+    assert share_left(3, start, start + 2, start + 1) == 2, "1.5 rounds half up"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import date, timedelta
 from typing import Any
 
@@ -141,6 +142,32 @@ def test_two_processes_seeing_the_same_visitor_count_one_session(
     assert first.flush() == 0
 
     assert _sessions(session) == {(group.id, TODAY): 2}
+
+
+def test_processes_flushing_overlapping_visits_at_the_same_moment_count_each_visitor_once(
+    app: Flask, session: Session, clock: FixedClock
+) -> None:
+    group = _office(session, clock)
+    factory = app.extensions["db_sessionmaker"]
+    counters = [IpSessionCounter(factory, key=KEY) for _ in range(4)]
+    for n, counter in enumerate(counters):
+        for host in range(n * 20, n * 20 + 60):  # each overlaps the next by 40 addresses
+            counter.record(group.public_id, f"81.2.69.{host}", clock.now())
+    barrier = threading.Barrier(len(counters))
+    added: list[int] = []
+
+    def flush(counter: IpSessionCounter) -> None:
+        barrier.wait(timeout=10)
+        added.append(counter.flush())
+
+    threads = [threading.Thread(target=flush, args=(c,)) for c in counters]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sum(added) == 120
+    assert _sessions(session) == {(group.id, TODAY): 120}
 
 
 def test_addresses_are_stored_only_as_keyed_hashes(

@@ -126,6 +126,28 @@ def test_reconcile_creates_what_the_mirror_missed_and_corrects_what_changed_behi
     assert "invoices 2 (0 created, 0 updated, 2 unchanged, 0 missing)" in again
 
 
+def test_reconcile_leaves_the_demo_history_alone_instead_of_marking_it_deleted(
+    runner: FlaskCliRunner, session: Session, clock: FixedClock
+) -> None:
+    past = clock.now() - timedelta(days=200)
+    demo_customer = factories.CustomerFactory(stripe_id="demo_cus_00001", created_at=past)
+    demo_sub = factories.SubscriptionFactory(
+        customer=demo_customer, stripe_id="demo_sub_00002", status=SubscriptionStatus.ACTIVE
+    )
+    gone = factories.CustomerFactory(stripe_id="cus_gone_from_stripe")
+    session.commit()
+
+    output = invoke(runner, "reconcile")
+
+    assert "customers 1 (0 created, 1 updated, 0 unchanged, 0 missing)" in output
+    assert "subscriptions 0 " in output
+    assert "Left alone: 1 customers and 1 subscriptions of the demo history" in output
+    session.expire_all()
+    assert session.get_one(Customer, demo_customer.id).deleted_at is None
+    assert session.get_one(Subscription, demo_sub.id).status == SubscriptionStatus.ACTIVE
+    assert session.get_one(Customer, gone.id).deleted_at is not None, "a real one gone is marked"
+
+
 def test_tick_starts_a_due_scheduled_subscription_once_and_retries_one_that_failed(
     runner: FlaskCliRunner,
     session: Session,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import urllib.request
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
 from billing.devstripe_billing import card_problem, luhn_ok, pdf_document
+from billing.devstripe_prorations import share_left
 from billing.gateway import GatewayError, StripeGateway
 from billing.models import Customer, Invoice, InvoiceStatus, Plan, Reader
 from billing.services import notices, payments
@@ -222,6 +223,89 @@ def test_the_switch_preview_names_the_charge_stripe_then_makes_and_the_credit_it
     overview = payments.overview(session, reader, now=now)
     assert (overview.credit, overview.next_amount) == (10800, 0), "the credit pays the next charge"
     assert session.scalars(select(Invoice.status)).all().count(InvoiceStatus.PAID) == 3
+
+
+def test_a_switch_charges_what_its_preview_showed_though_the_clock_moved_before_the_click(
+    reader: Reader, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    payments.subscribe(session, gateway, reader, MONTHLY, now=clock.now())
+    session.commit()
+    subscription = only_subscription(session)
+    start, end = (
+        int(subscription.current_period_start.timestamp()),
+        int(subscription.current_period_end.timestamp()),
+    )
+    wait = timedelta(minutes=20)
+
+    def credit(at: datetime) -> int:
+        return share_left(1200, start, end, int(at.timestamp()))
+
+    # Ten days into the month, at a moment whose unused time is worth a cent less 20 minutes on.
+    base = clock.now() + timedelta(days=10)
+    shown_at = next(
+        moment
+        for moment in (base + timedelta(minutes=m) for m in range(60))
+        if credit(moment) != credit(moment + wait)
+    )
+    clock.set(shown_at)
+    shown = payments.preview_switch(session, gateway, reader, YEARLY, now=clock.now())
+    assert shown.proration_date == shown_at.replace(microsecond=0)
+    assert shown.charged_now == 12000 - credit(shown_at), "the month's unused days are credited"
+    assert 10800 < shown.charged_now < 12000
+    clock.advance(wait)
+    assert payments.preview_switch(
+        session, gateway, reader, YEARLY, now=clock.now()
+    ).charged_now != (shown.charged_now), (
+        "by the time of the click, the same switch is priced differently"
+    )
+
+    payments.switch_plan(
+        session, gateway, reader, YEARLY, now=clock.now(), proration_date=shown.proration_date
+    )
+    session.commit()
+
+    latest = gateway.retrieve_subscription(subscription.stripe_id).latest_invoice_id
+    assert latest is not None
+    charged = gateway.retrieve_invoice(latest)
+    assert (charged.amount_paid, charged.status) == (shown.charged_now, "paid")
+    assert only_subscription(session).plan.code == YEARLY
+
+
+@pytest.mark.parametrize(
+    ("shown_before", "message"),
+    [
+        (timedelta(minutes=31), "out of date"),
+        (timedelta(days=40), "out of date"),
+        (-timedelta(minutes=1), "in the future"),
+    ],
+)
+def test_a_switch_confirmed_from_a_stale_or_future_preview_is_refused_and_changes_nothing(
+    reader: Reader,
+    session: Session,
+    gateway: StripeGateway,
+    clock: FixedClock,
+    shown_before: timedelta,
+    message: str,
+) -> None:
+    payments.subscribe(session, gateway, reader, MONTHLY, now=clock.now())
+    session.commit()
+    clock.advance(timedelta(days=1))
+
+    with pytest.raises(payments.PreviewExpired) as refused:
+        payments.switch_plan(
+            session,
+            gateway,
+            reader,
+            YEARLY,
+            now=clock.now(),
+            proration_date=clock.now() - shown_before,
+        )
+
+    assert refused.value.field == "proration_date" and message in refused.value.message
+    assert refused.value.status == 409
+    stripe_subscription = gateway.retrieve_subscription(only_subscription(session).stripe_id)
+    assert stripe_subscription.price_id == only_subscription(session).plan.stripe_price_id
+    assert only_subscription(session).plan.code == MONTHLY
 
 
 def test_the_next_invoice_uses_the_credit_first_and_keeps_the_rest(

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
 import tracemalloc
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,13 +20,15 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
-from billing.models import AuditLog, Invoice, InvoiceStatus, StaffRole
+from billing.models import AuditLog, Invoice, InvoiceStatus, StaffRole, TrialStatus
 from billing.services import reports
 from billing.services.reports import export
 from billing.services.reports.base import Filters
 from tests import factories
+from tests.conftest import TEST_SECRET
 from tests.helpers import login
 
+ROOT = Path(__file__).resolve().parent.parent
 NOVEMBER = Filters(start=date(2026, 11, 1), end=date(2026, 11, 30))
 
 
@@ -215,6 +220,41 @@ def test_the_export_command_writes_the_file_says_how_many_rows_and_logs_it(
     assert entry.details["filters"]["owner"] == "group"
 
 
+def test_the_export_command_runs_without_loading_stripe_cryptography_or_zxcvbn_in_100_mb(
+    database_url: str, session: Session, tmp_path: Path
+) -> None:
+    factories.InvoiceFactory()
+    session.commit()
+    out = tmp_path / "november.csv"
+    code = (
+        "import atexit, sys\n"
+        "from flask.cli import main\n"
+        "def loaded():\n"
+        "    found = [m for m in ('stripe', 'cryptography', 'zxcvbn') if m in sys.modules]\n"
+        "    status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+        "    peak = int(status.split()[0]) // 1024\n"
+        "    print('LOADED', ','.join(found), 'PEAK', peak)\n"
+        "atexit.register(loaded)\n"
+        "sys.argv = ['flask', '--app', 'app', 'billing', 'export', 'invoices', '--from',\n"
+        f"    '2026-11-01', '--to', '2026-11-30', '--out', {str(out)!r}]\n"
+        "main()\n"
+    )
+    # The peak is VmHWM, this process image's own: ru_maxrss survives exec, so a child of
+    # pytest would report pytest's peak.
+    env = {**os.environ, "DATABASE_URL": database_url, "SECRET_KEYS": TEST_SECRET}
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "Exported 1 rows" in done.stdout
+    [line] = [found for found in done.stdout.splitlines() if found.startswith("LOADED")]
+    _, modules, _, peak = line.split(" ")
+    assert modules == "", "only a call to Stripe or to a token key loads these"
+    assert int(peak) <= 100, f"peak {peak} MB"
+
+
 def test_the_export_command_names_a_bad_option(runner: FlaskCliRunner, tmp_path: Path) -> None:
     out = tmp_path / "x.csv"
     bad_date = runner.invoke(
@@ -266,3 +306,38 @@ def test_a_100000_invoice_export_streams_in_bounded_memory(
     assert progress.rows == 100_000
     assert size > 100_000 * 50
     assert peak < 16 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_the_xlsx_writes_times_as_times_shares_and_days_as_numbers_and_totals_in_bold(
+    session: Session, clock: FixedClock, tmp_path: Path
+) -> None:
+    day = factories.NOW.replace(day=3, hour=9, minute=30, second=15)
+    factories.InvoiceFactory(created_at=day)
+    trial = factories.TrialFactory(started_at=day, status=TrialStatus.CONVERTED)
+    trial.converted_at = day + timedelta(days=2, hours=12)
+    session.commit()
+    invoices_path, trials_path = tmp_path / "invoices.xlsx", tmp_path / "trials.xlsx"
+
+    export.write_xlsx(
+        session,
+        reports.get("invoices"),
+        NOVEMBER,
+        clock.now(),
+        str(invoices_path),
+        export.Progress(),
+    )
+    export.write_xlsx(
+        session, reports.get("trials"), NOVEMBER, clock.now(), str(trials_path), export.Progress()
+    )
+
+    invoices_book = openpyxl.load_workbook(invoices_path)
+    sheet = invoices_book.active
+    assert sheet["B2"].value == datetime(2026, 11, 3, 9, 30, 15)
+    assert sheet["B2"].number_format == "yyyy-mm-dd hh:mm:ss"
+    assert (sheet["H2"].value, sheet["H2"].number_format) == (9.92, "#,##0.00")
+    assert sheet["A4"].value == "Total: 1 paid" and sheet["A4"].font.bold
+    assert not sheet["A2"].font.bold
+    trials_book = openpyxl.load_workbook(trials_path)
+    cohort = [cell.value for cell in trials_book.active[2]]
+    assert cohort == ["2026-11", 1, 1, 0, 0, 1.0, 2.5, 2.5]
+    assert trials_book.active["F2"].number_format == "0.00%"

@@ -256,6 +256,23 @@ def test_the_seat_change_price_is_stripes_proration_with_vat_and_the_change_cost
     assert (upcoming.subtotal, upcoming.tax) == (5 * 9600 + 9600, 5 * 672 + 672)
 
 
+def test_going_down_a_seat_shows_stripes_credit_with_its_vat_for_the_next_invoice(
+    client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    group, subscription = _paid_group_halfway_through_its_year(client, session, gateway, clock)
+    show = f"/groups/{group.public_id}"
+    confirmed = post_form(client, f"{show}/seats", {"seats": "5", "confirm": "yes"})
+    assert confirmed.status_code == 302
+
+    preview = post_form(client, f"{show}/seats", {"seats": "4"})
+
+    page = preview.get_data(as_text=True)
+    # Half a year of one seat less: 48.00 net and its 3.36 VAT come back.
+    assert 'data-net="-4800" data-tax="-336" data-total="-5136"' in page
+    assert "a credit of" in page and "51.36" in page
+    assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 5
+
+
 def test_a_seat_change_confirmed_with_a_later_or_stale_proration_date_is_refused(
     client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
 ) -> None:

@@ -125,6 +125,14 @@ def confirm(client: FlaskClient, path: str, **data: str) -> Any:
     return post_form(client, path, data)
 
 
+def preview_moment(client: FlaskClient) -> str:
+    """The proration moment the switch page's form carries (the preview shown)."""
+    page = client.get("/account/subscription/switch").get_data(as_text=True)
+    found = re.search(r'name="proration_date" type="hidden" value="(\d+)"', page)
+    assert found, "the switch form carries its preview's moment"
+    return found.group(1)
+
+
 def audit_actions(session: Session) -> list[str]:
     """The audit log's actions, oldest first."""
     session.expire_all()
@@ -386,7 +394,9 @@ def test_a_reader_switches_from_monthly_to_yearly_after_confirming(
     question = page_text(client.get("/account/subscription/switch"))
     assert "After the switch you pay €120.00 a year" in question
 
-    response = confirm(client, "/account/subscription/switch", plan=YEARLY)
+    response = confirm(
+        client, "/account/subscription/switch", plan=YEARLY, proration_date=preview_moment(client)
+    )
 
     assert response.status_code == 302
     text = page_text(client.get("/account"))
@@ -400,7 +410,9 @@ def test_a_switch_whose_payment_is_declined_is_kept_and_the_account_shows_the_ba
     subscribe(client, stripe)
     post_form(client, "/account/card", {"payment_method": stripe.create_card(DECLINED_ON_CHARGE)})
 
-    response = confirm(client, "/account/subscription/switch", plan=YEARLY)
+    response = confirm(
+        client, "/account/subscription/switch", plan=YEARLY, proration_date=preview_moment(client)
+    )
 
     assert response.status_code == 302
     text = page_text(client.get("/account"))
@@ -408,6 +420,27 @@ def test_a_switch_whose_payment_is_declined_is_kept_and_the_account_shows_the_ba
     assert "Your last payment failed. Update your card to keep reading." in text
     assert "Plan Yearly" in text
     assert "Switch to monthly" not in text
+
+
+def test_a_switch_confirmed_from_a_stale_or_missing_preview_is_shown_again_as_of_now(
+    client: FlaskClient, stripe: LocalstripeServer, clock: FixedClock
+) -> None:
+    subscribe(client, stripe)
+    shown = preview_moment(client)
+    clock.advance(timedelta(hours=1))
+
+    stale = confirm(client, "/account/subscription/switch", plan=YEARLY, proration_date=shown)
+    missing = confirm(client, "/account/subscription/switch", plan=YEARLY)
+    forged = confirm(client, "/account/subscription/switch", plan=YEARLY, proration_date="1e9")
+    huge = confirm(client, "/account/subscription/switch", plan=YEARLY, proration_date="9" * 40)
+
+    assert stale.status_code == 409
+    assert "The price shown is out of date" in page_text(stale)
+    assert f'value="{int(clock.now().timestamp())}"' in stale.get_data(as_text=True)
+    for refused in (missing, forged, huge):
+        assert refused.status_code == 400
+        assert "This switch was not previewed" in page_text(refused)
+    assert "Plan Monthly" in page_text(client.get("/account")), "nothing was switched"
 
 
 def test_a_trial_reader_calls_off_the_scheduled_subscription(

@@ -8,6 +8,7 @@ any password change, kills every older link), an e-mail change link names the ne
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -20,7 +21,6 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
-from zxcvbn import zxcvbn
 
 from billing.errors import Conflict, DomainError, ValidationFailed
 from billing.models import Reader
@@ -34,7 +34,14 @@ PASSWORD_STRENGTH_CHECKED = 100
 """Only this many characters are given to zxcvbn (its time grows with the length)."""
 GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 # A hash of a random password, so unknown e-mails cost the same time as wrong passwords.
-_DUMMY_HASH = generate_password_hash("tollgate-timing-equaliser")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check unknown e-mails' passwords against, so they take as long as known ones;
+    made on the first login, not at import (scrypt takes 32 MB while it runs, which every process
+    building the app, the export command too, would otherwise pay for)."""
+    return generate_password_hash("tollgate-timing-equaliser")
 
 
 class InvalidLink(DomainError):
@@ -91,6 +98,8 @@ def check_password(password: str, *, email: str = "", field: str = "password") -
         )
     if email and password.strip().lower() == email:
         raise ValidationFailed("Your password must not be your e-mail address.", field=field)
+    from zxcvbn import zxcvbn  # its dictionaries take 12 MB: loaded by the first password set
+
     strength = zxcvbn(password[:PASSWORD_STRENGTH_CHECKED], user_inputs=[email, *email.split("@")])
     if strength["score"] < PASSWORD_MIN_STRENGTH:
         warning = str(strength["feedback"].get("warning") or "").strip()
@@ -169,9 +178,10 @@ def authenticate(session: Session, email: str, password: str) -> Reader | None:
         normalised = normalise_email(email)
     except ValidationFailed:
         normalised = ""
+    dummy = _dummy_hash()
     reader = find_by_email(session, normalised) if normalised else None
     if reader is None:
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(dummy, password)
         return None
     if not check_password_hash(reader.password_hash, password):
         return None
@@ -209,16 +219,19 @@ def _serializer(secret_keys: Sequence[str], salt: str) -> URLSafeTimedSerializer
     return URLSafeTimedSerializer(list(reversed(secret_keys)), salt=salt)
 
 
-def _dumps(secret_keys: Sequence[str], salt: str, payload: dict[str, Any], now: datetime) -> str:
+def dumps(secret_keys: Sequence[str], salt: str, payload: dict[str, Any], now: datetime) -> str:
+    """Sign ``payload`` for a link with ``salt`` as if at ``now`` (the first key signs)."""
     serializer = _serializer(secret_keys, salt)
     signer = serializer.make_signer(salt)
     signer.get_timestamp = lambda: int(now.timestamp())  # type: ignore[attr-defined]
     return signer.sign(serializer.dump_payload(payload)).decode()
 
 
-def _loads(
+def loads(
     secret_keys: Sequence[str], salt: str, token: str, now: datetime, max_age: int
 ) -> dict[str, Any]:
+    """The payload of a link signed with ``salt`` by any of ``secret_keys``, at most ``max_age``
+    seconds old at ``now``; InvalidLink otherwise."""
     serializer = _serializer(secret_keys, salt)
     try:
         payload, signed_at = serializer.loads(token, return_timestamp=True)
@@ -238,14 +251,14 @@ def _password_fingerprint(reader: Reader) -> str:
 
 def verification_token(secret_keys: Sequence[str], reader: Reader, now: datetime) -> str:
     """A link token proving the reader received mail at their current address."""
-    return _dumps(secret_keys, VERIFY_SALT, {"r": reader.public_id, "e": reader.email}, now)
+    return dumps(secret_keys, VERIFY_SALT, {"r": reader.public_id, "e": reader.email}, now)
 
 
 def verify_email(
     session: Session, secret_keys: Sequence[str], token: str, *, now: datetime, max_age: int
 ) -> Reader:
     """Mark the reader's address verified from a link token; idempotent for the same link."""
-    payload = _loads(secret_keys, VERIFY_SALT, token, now, max_age)
+    payload = loads(secret_keys, VERIFY_SALT, token, now, max_age)
     reader = by_public_id(session, str(payload.get("r", "")))
     if reader is None or reader.email != payload.get("e"):
         raise InvalidLink("This link is not valid any more. Ask for a new one.")
@@ -257,14 +270,14 @@ def verify_email(
 def reset_token(secret_keys: Sequence[str], reader: Reader, now: datetime) -> str:
     """A single-use link token for setting a new password."""
     payload = {"r": reader.public_id, "h": _password_fingerprint(reader)}
-    return _dumps(secret_keys, RESET_SALT, payload, now)
+    return dumps(secret_keys, RESET_SALT, payload, now)
 
 
 def reader_for_reset(
     session: Session, secret_keys: Sequence[str], token: str, *, now: datetime, max_age: int
 ) -> Reader:
     """The reader a reset link is for, while the password it was issued against is unchanged."""
-    payload = _loads(secret_keys, RESET_SALT, token, now, max_age)
+    payload = loads(secret_keys, RESET_SALT, token, now, max_age)
     reader = by_public_id(session, str(payload.get("r", "")))
     fingerprint = str(payload.get("h", ""))
     if reader is None or not hmac.compare_digest(fingerprint, _password_fingerprint(reader)):
@@ -297,7 +310,7 @@ def change_email_token(
 ) -> str:
     """A link token, mailed to ``new_email``, that moves the account to that address."""
     payload = {"r": reader.public_id, "old": reader.email, "new": new_email}
-    return _dumps(secret_keys, CHANGE_EMAIL_SALT, payload, now)
+    return dumps(secret_keys, CHANGE_EMAIL_SALT, payload, now)
 
 
 def request_email_change(reader: Reader, *, password: str, new_email: str) -> str:
@@ -314,7 +327,7 @@ def confirm_email_change(
     session: Session, secret_keys: Sequence[str], token: str, *, now: datetime, max_age: int
 ) -> Reader:
     """Move the account to the address the link was sent to; that address is then verified."""
-    payload = _loads(secret_keys, CHANGE_EMAIL_SALT, token, now, max_age)
+    payload = loads(secret_keys, CHANGE_EMAIL_SALT, token, now, max_age)
     reader = by_public_id(session, str(payload.get("r", "")))
     if reader is None or reader.email != payload.get("old"):
         raise InvalidLink("This link was already used or is no longer valid.")

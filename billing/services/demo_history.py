@@ -38,6 +38,8 @@ from billing.models import (
 )
 from billing.services.accounts import canonical_email, hash_password
 
+DEMO_ID_PREFIX = "demo_"
+"""How every Stripe id of the demo history starts: the mark that it is not on Stripe."""
 SEED = 20261202
 DAYS = 365
 TRIALS_PER_WEEK = (3, 7)
@@ -98,7 +100,7 @@ class _Maker:
 
     def next_id(self, prefix: str) -> str:
         self.count += 1
-        return f"demo_{prefix}_{self.count:05d}"
+        return f"{DEMO_ID_PREFIX}{prefix}_{self.count:05d}"
 
     def tax(self, total: int, country: str) -> int:
         rate = DEMO_VAT.get(country, 0)
@@ -357,10 +359,17 @@ def _organisation(maker: _Maker, plans: dict[str, Plan], start: datetime) -> Non
         )
 
 
+def is_demo(stripe_id: str | None) -> bool:
+    """Whether a mirrored Stripe id is demo history's (in the mirror only, never on Stripe): such
+    rows are left alone by ``reconcile``, which would otherwise find them missing on Stripe."""
+    return bool(stripe_id) and str(stripe_id).startswith(DEMO_ID_PREFIX)
+
+
 def seed_history(session: Session, *, now: datetime, password: str) -> int:
     """Write the demo year ending at ``now`` (once); the number of demo readers made (0 when the
     history is there already). Needs the demo plans."""
-    if session.scalar(select(Customer.id).where(Customer.stripe_id.like("demo_%")).limit(1)):
+    demo = Customer.stripe_id.like(f"{DEMO_ID_PREFIX}%")
+    if session.scalar(select(Customer.id).where(demo).limit(1)):
         return 0
     plans = {p.code: p for p in session.scalars(select(Plan))}
     maker = _Maker(session, random.Random(SEED), now, hash_password(password))  # noqa: S311

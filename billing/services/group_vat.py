@@ -25,7 +25,7 @@ from billing.gateway import StripeGateway
 from billing.models import Customer, Group, Reader, Subscription
 from billing.services import audit, taxes
 from billing.services.groups import current_subscription, require_admin
-from billing.services.payments import _talking_to_stripe
+from billing.services.payments import talking_to_stripe
 from billing.services.vat import TaxKind, TaxTreatment
 
 
@@ -136,7 +136,7 @@ def change_group_tax(
     customer = _customer_of(session, group)
     if customer is not None:
         taxes.record_business_treatment(customer, treatment)
-        with _talking_to_stripe():
+        with talking_to_stripe():
             # The tax id first: it is what Stripe may refuse, before anything else has changed.
             gateway.set_customer_vat_id(customer.stripe_id, treatment.vat_id)
             gateway.update_customer(

@@ -28,7 +28,7 @@ import calendar
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -102,6 +102,12 @@ class CardRequired(Conflict):
     """Subscribing needs a saved card first."""
 
     code = "card_required"
+
+
+class PreviewExpired(Conflict):
+    """The switch preview the reader confirmed is too old (or not one we made): preview again."""
+
+    code = "preview_expired"
 
 
 class PaymentServiceUnavailable(DomainError):
@@ -284,7 +290,7 @@ def card_setup(
     _lock_reader(session, reader)
     _require_verified(reader)
     customer = _ensure_customer(session, gateway, reader, now=now)
-    with _talking_to_stripe():
+    with talking_to_stripe():
         return gateway.create_setup_intent(customer.stripe_id)
 
 
@@ -312,11 +318,11 @@ def save_card(
     customer = _ensure_customer(session, gateway, reader, now=now)
     replacing = customer.default_payment_method_id
     try:
-        with _talking_to_stripe():
+        with talking_to_stripe():
             card = gateway.attach_default_payment_method(customer.stripe_id, payment_method_id)
     except GatewayError as exc:  # declined and unreachable were turned into errors for people
         raise ValidationFailed(f"This card cannot be used: {exc.message}", field="card") from exc
-    _mirror_card(customer, card)
+    mirror_card(customer, card)
     taxes.record_ip_country(customer, ip)
     audit.record(
         session,
@@ -390,7 +396,7 @@ def subscribe(
     attempt = session.scalar(
         select(func.count(Subscription.id)).where(Subscription.customer_id == customer.id)
     )
-    with _talking_to_stripe():
+    with talking_to_stripe():
         tax_rate = taxes.tax_rates_for(
             session, gateway, customer, now=now, settings=taxes.current_settings()
         )
@@ -401,7 +407,7 @@ def subscribe(
             idempotency_key=f"tollgate-subscribe-{customer.stripe_id}-{attempt}-{plan.code}",
             tax_rate_ids=taxes.tax_rate_ids(tax_rate),
         )
-        subscription = _sync_after_change(session, gateway, created, now=now)
+        subscription = sync_after_change(session, gateway, created, now=now)
     audit.record(
         session,
         now=now,
@@ -471,7 +477,7 @@ def cancel_at_period_end(
         return subscription
     if subscription.status == SubscriptionStatus.INCOMPLETE:
         return cancel_now(session, gateway, reader, now=now)
-    with _talking_to_stripe():
+    with talking_to_stripe():
         gateway.cancel_at_period_end(subscription.stripe_id)
         subscription = _resync(session, gateway, subscription.stripe_id, now=now)
     _audit(session, reader, "cancelled", subscription, now)
@@ -487,7 +493,7 @@ def resume(
     subscription = _manageable(session, reader, now)
     if not subscription.cancel_at_period_end:
         return subscription
-    with _talking_to_stripe():
+    with talking_to_stripe():
         gateway.resume(subscription.stripe_id)
         subscription = _resync(session, gateway, subscription.stripe_id, now=now)
     _audit(session, reader, "resumed", subscription, now)
@@ -495,10 +501,20 @@ def resume(
     return subscription
 
 
+SWITCH_PREVIEW_MAX_AGE = timedelta(minutes=30)
+"""How long a switch preview may be confirmed: its proration moment is charged as shown until
+then; an older one is shown again as of now."""
+
+
 @dataclass(frozen=True)
 class SwitchPreview:
     """What switching to ``plan`` charges: ``charged_now`` at once (after the credit), then
-    ``next_amount`` on ``next_charge_at``; ``credit_after`` is the credit left over."""
+    ``next_amount`` on ``next_charge_at``; ``credit_after`` is the credit left over.
+
+    ``proration_date`` is the moment the unused time was priced at (whole seconds): confirming
+    with it (:func:`switch_plan`) charges exactly ``charged_now``, however late the reader
+    clicks, within :data:`SWITCH_PREVIEW_MAX_AGE`.
+    """
 
     plan: Plan
     charged_now: int
@@ -506,6 +522,7 @@ class SwitchPreview:
     next_charge_at: datetime
     next_amount: int
     currency: str
+    proration_date: datetime
 
 
 def add_interval(moment: datetime, interval: BillingInterval) -> datetime:
@@ -521,21 +538,32 @@ def preview_switch(
     session: Session, gateway: StripeGateway, reader: Reader, plan_code: str, *, now: datetime
 ) -> SwitchPreview:
     """What :func:`switch_plan` to ``plan_code`` would charge now and later, asked of Stripe's
-    invoice preview (nothing changes). A scheduled start charges nothing before it starts."""
+    invoice preview (nothing changes), prorated as of ``now``. A scheduled start charges
+    nothing before it starts."""
     plan = _sellable_plan(session, plan_code)
     assert plan.stripe_price_id is not None
     scheduled = _pending_schedule(session, reader)
     subscription = _running_subscription(session, reader, now)
     customer = customer_of(session, reader)
     credit = customer.credit if customer is not None else 0
+    moment = now.replace(microsecond=0)
     if subscription is None:
         if scheduled is None:
             raise NothingToManage("You have no subscription to switch.")
         return SwitchPreview(
-            plan, 0, credit, scheduled.starts_at, max(0, plan.amount - credit), plan.currency
+            plan,
+            0,
+            credit,
+            scheduled.starts_at,
+            max(0, plan.amount - credit),
+            plan.currency,
+            moment,
         )
-    with _talking_to_stripe():
-        preview = gateway.preview_price_change(subscription.stripe_id, plan.stripe_price_id)
+    moment = _priced_now(subscription, now)
+    with talking_to_stripe():
+        preview = gateway.preview_price_change(
+            subscription.stripe_id, plan.stripe_price_id, proration_date=moment
+        )
     credit_after = max(0, credit - preview.total)
     amount = plan.amount * subscription.quantity
     if plan.interval != subscription.plan.interval:
@@ -549,17 +577,29 @@ def preview_switch(
         next_at,
         max(0, amount - credit_after),
         preview.currency or plan.currency,
+        moment,
     )
 
 
 def switch_plan(
-    session: Session, gateway: StripeGateway, reader: Reader, plan_code: str, *, now: datetime
+    session: Session,
+    gateway: StripeGateway,
+    reader: Reader,
+    plan_code: str,
+    *,
+    now: datetime,
+    proration_date: datetime | None = None,
 ) -> Subscription | ScheduledSubscription:
     """Move the reader to another individual plan (monthly <-> yearly).
 
     A scheduled start just changes its plan. A running subscription changes its price on Stripe,
     which invoices the difference at once; if that payment fails the change is mirrored (the
     subscription is then ``past_due``) and :class:`PaymentFailed` is raised.
+
+    ``proration_date`` is the :class:`SwitchPreview`'s the reader confirmed: Stripe prorates as
+    of that moment, so the charge is the one they were shown (without it, as of ``now``). It
+    raises :class:`PreviewExpired` when it is in the future, older than
+    :data:`SWITCH_PREVIEW_MAX_AGE`, or from before the current period (a renewal since).
     """
     _lock_reader(session, reader)
     plan = _sellable_plan(session, plan_code)
@@ -597,13 +637,16 @@ def switch_plan(
             "Your first payment has not gone through yet: update your card first.",
             field="card",
         )
+    moment = _proration_moment(subscription, proration_date, now=now)
     before_plan = subscription.plan
     before = before_plan.code
     changed_invoice: Invoice | None = None
-    with _talking_to_stripe():
+    with talking_to_stripe():
         previous_invoice = gateway.retrieve_subscription(subscription.stripe_id).latest_invoice_id
-        changed = gateway.change_price(subscription.stripe_id, plan.stripe_price_id)
-        subscription = _sync_after_change(session, gateway, changed, now=now)
+        changed = gateway.change_price(
+            subscription.stripe_id, plan.stripe_price_id, proration_date=moment
+        )
+        subscription = sync_after_change(session, gateway, changed, now=now)
         sync_customer(session, gateway, subscription.customer.stripe_id, now=now)
     audit.record(
         session,
@@ -636,13 +679,45 @@ def switch_plan(
     return subscription
 
 
+def _priced_now(subscription: Subscription, now: datetime) -> datetime:
+    """The moment a switch made now is prorated at: ``now`` in whole seconds, and never before
+    the current period (whose start is Stripe's clock, which may run a little ahead of ours)."""
+    return max(now.replace(microsecond=0), subscription.current_period_start)
+
+
+def _proration_moment(
+    subscription: Subscription, proration_date: datetime | None, *, now: datetime
+) -> datetime:
+    """The moment a switch is prorated at: the confirmed preview's, checked, or now."""
+    latest = _priced_now(subscription, now)
+    if proration_date is None:
+        return latest
+    if proration_date.tzinfo is None:
+        raise PreviewExpired(
+            "This preview is not one we made: look at the switch again.", field="proration_date"
+        )
+    if proration_date > latest:
+        raise PreviewExpired(
+            "This preview is dated in the future: look at the switch again.",
+            field="proration_date",
+        )
+    if now - proration_date > SWITCH_PREVIEW_MAX_AGE or (
+        proration_date < subscription.current_period_start
+    ):
+        raise PreviewExpired(
+            "The price shown is out of date: here it is again as of now. Please confirm again.",
+            field="proration_date",
+        )
+    return proration_date
+
+
 def cancel_now(
     session: Session, gateway: StripeGateway, reader: Reader, *, now: datetime
 ) -> Subscription:
     """End the subscription immediately (no refund); access stops now."""
     _lock_reader(session, reader)
     subscription = _manageable(session, reader, now)
-    with _talking_to_stripe():
+    with talking_to_stripe():
         gateway.cancel_now(subscription.stripe_id)
         subscription = _resync(session, gateway, subscription.stripe_id, now=now)
     _audit(session, reader, "ended", subscription, now)
@@ -683,7 +758,7 @@ def retry_payment(
         raise NothingToManage("No payment is waiting to be made.")
     secret: str | None = None
     try:
-        with _talking_to_stripe():
+        with talking_to_stripe():
             open_invoices = [
                 invoice
                 for invoice in gateway.list_invoices(subscription_id=subscription.stripe_id)
@@ -830,7 +905,7 @@ def start_scheduled(
             idempotency_key=f"tollgate-scheduled-{scheduled.id}",
             tax_rate_ids=taxes.tax_rate_ids(tax_rate),
         )
-    subscription = _sync_after_change(session, gateway, created, now=now)
+    subscription = sync_after_change(session, gateway, created, now=now)
     if subscription.status == SubscriptionStatus.INCOMPLETE:
         mail_payment_problem(session, gateway, subscription, created.latest_invoice_id)
     scheduled.started_at = now
@@ -855,7 +930,7 @@ def start_scheduled(
 # --- after a change on Stripe -------------------------------------------------------------------
 
 
-def _sync_after_change(
+def sync_after_change(
     session: Session, gateway: StripeGateway, changed: StripeSubscriptionData, *, now: datetime
 ) -> Subscription:
     """After we changed a subscription on Stripe: mirror its newest invoice and itself."""
@@ -883,7 +958,7 @@ def _payment_outcome(
     the bank wants 3-D Secure; raises :class:`PaymentFailed` if it was declined."""
     if invoice_id is None or subscription.status not in PROBLEM_STATUSES:
         return None
-    with _talking_to_stripe():
+    with talking_to_stripe():
         intent = gateway.invoice_payment_intent(invoice_id)
     if intent is None or intent.status == "succeeded":
         return None
@@ -920,7 +995,7 @@ def _ensure_customer(
     if customer is not None:
         customer.reader = None
         session.flush()
-    with _talking_to_stripe():
+    with talking_to_stripe():
         data = gateway.create_customer(
             reader.email,
             name=reader.name,
@@ -941,7 +1016,8 @@ def _ensure_customer(
     return customer
 
 
-def _mirror_card(customer: Customer, card: CardData) -> None:
+def mirror_card(customer: Customer, card: CardData) -> None:
+    """Copy what we show of ``card`` (brand, last four, country, payment method) onto ``customer``."""
     assign(
         customer,
         {
@@ -1002,7 +1078,7 @@ def _audit(
 
 
 @contextmanager
-def _talking_to_stripe() -> Iterator[None]:
+def talking_to_stripe() -> Iterator[None]:
     """Turn the gateway's refusals into errors for people: declined cards, Stripe unreachable."""
     try:
         yield

@@ -37,22 +37,22 @@ which an old wrapping secret can be dropped.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 from billing.errors import Conflict, DomainError, NotFound, ValidationFailed
 from billing.models import ApiClient, TokenKey, TokenKeyState
 from billing.services import tokens
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 WRAP_INFO = b"tollgate.token-key-wrap.v1"
 MAX_SIGNS_IN = timedelta(days=30)
@@ -87,20 +87,36 @@ class ClientRef(Protocol):
 
 
 class KeyWrapper:
-    """Wraps token key secrets for storage: the first wrapping secret wraps, all unwrap."""
+    """Wraps token key secrets for storage: the first wrapping secret wraps, all unwrap.
+
+    The wrapping keys are derived on first use, so ``cryptography`` is imported only by a process
+    that wraps or unwraps a key (not by every one that builds the app)."""
 
     def __init__(self, wrapping_secrets: Sequence[str]) -> None:
         if isinstance(wrapping_secrets, str) or not wrapping_secrets or not all(wrapping_secrets):
             raise ValueError("give a list of non-empty wrapping secrets")
-        self._keys: dict[str, AESGCM] = {}
-        self._first = ""
-        for secret in wrapping_secrets:
+        self._secrets = tuple(wrapping_secrets)
+
+    @functools.cached_property
+    def _keys(self) -> dict[str, AESGCM]:
+        """The wrapping keys by fingerprint, the first secret's first."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        keys: dict[str, AESGCM] = {}
+        for secret in self._secrets:
             derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=WRAP_INFO).derive(
                 secret.encode("utf-8")
             )
             fingerprint = hashlib.sha256(WRAP_INFO + b"fingerprint" + derived).hexdigest()[:12]
-            self._keys.setdefault(fingerprint, AESGCM(derived))
-            self._first = self._first or fingerprint
+            keys.setdefault(fingerprint, AESGCM(derived))
+        return keys
+
+    @property
+    def _first(self) -> str:
+        """The fingerprint of the key that wraps."""
+        return next(iter(self._keys))
 
     def wrap(self, key: tokens.TokenKey) -> str:
         """The stored form of ``key``'s secret, bound to its kid."""
@@ -120,6 +136,8 @@ class KeyWrapper:
         aead = self._keys.get(fingerprint)
         if version != "v1" or aead is None:
             raise unavailable
+        from cryptography.exceptions import InvalidTag
+
         try:
             raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
             secret = aead.decrypt(raw[:12], raw[12:], _aad(kid)).decode("ascii")

@@ -111,7 +111,8 @@ def requires(scope: str, *, query: tuple[str, ...] = ()) -> Callable[[View], Vie
     """Authenticate the API key, record its use, check ``scope``; the view gets client and now.
 
     A query parameter other than those in ``query`` is refused (400 naming it), so a misspelt
-    one never passes for absent.
+    one never passes for absent; so is one given twice (``?ip=a&ip=b``), which a proxy or cache
+    in front could read differently from us.
     """
 
     def decorator(view: View) -> View:
@@ -141,6 +142,8 @@ def _only_query(allowed: tuple[str, ...]) -> None:
                 f"Unknown query parameter {name!r}; this operation takes {expected}.",
                 field=name or None,
             )
+        if len(request.args.getlist(name)) > 1:
+            raise ValidationFailed(f"Give the query parameter {name!r} once.", field=name)
 
 
 def _rate_limit() -> str:

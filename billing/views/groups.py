@@ -540,7 +540,7 @@ def _proration_date(value: Any) -> datetime | None:
     if value in (None, ""):
         return None
     text = str(value)
-    if not text.isdigit() or len(text) > 10:
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
         raise ValidationFailed("The price shown is not valid: look at it again.", field="seats")
     return datetime.fromtimestamp(int(text), tz=UTC)
 

@@ -9,7 +9,7 @@ page that answers carries the PaymentIntent's client secret and the script compl
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -254,9 +254,21 @@ class ConfirmCountryForm(FlaskForm):
 
 
 class SwitchForm(FlaskForm):
-    """Switch to the other plan (the plan code is in the form, so the button says what it does)."""
+    """Switch to the other plan (the plan code is in the form, so the button says what it does),
+    at the proration moment of the preview shown (Unix seconds), so the charge is the one shown."""
 
     plan = HiddenField("Plan")
+    proration_date = HiddenField("Preview time")
+
+    def validate_proration_date(self, field: Field) -> None:
+        """Whole Unix seconds, as the page wrote them."""
+        text = (field.data or "").strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 11:
+            raise ValidationError("This switch was not previewed: look at the switch again.")
+
+    def preview_moment(self) -> datetime:
+        """The preview's proration moment, as an aware UTC datetime."""
+        return datetime.fromtimestamp(int(self.proration_date.data.strip()), UTC)
 
 
 # Helpers ---------------------------------------------------------------------------------------
@@ -727,12 +739,38 @@ def switch() -> ResponseReturnValue:
     if target is None:
         raise payments.NothingToManage("You have no subscription to switch.")
     form = SwitchForm()
-    if not form.validate_on_submit():
-        form.plan.data = target.code
+
+    def ask(error: str | None = None, status: int | None = None) -> ResponseReturnValue:
+        """The question, with the charge previewed as of now (the moment the form carries)."""
         preview = payments.preview_switch(session, _gateway(), reader, target.code, now=now)
-        return _action_page("payments/switch.html", form, overview, target=target, preview=preview)
+        form.plan.data = target.code
+        form.proration_date.data = str(int(preview.proration_date.timestamp()))
+        return render_form(
+            "payments/switch.html",
+            form,
+            status,
+            billing=overview,
+            billing_status=status_words(overview),
+            target=target,
+            preview=preview,
+            form_error=error,
+        )
+
+    if not form.validate_on_submit():
+        errors = form.proration_date.errors
+        return ask(errors[0] if errors else None)
     try:
-        switched = payments.switch_plan(session, _gateway(), reader, form.plan.data or "", now=now)
+        switched = payments.switch_plan(
+            session,
+            _gateway(),
+            reader,
+            form.plan.data or "",
+            now=now,
+            proration_date=form.preview_moment(),
+        )
+    except payments.PreviewExpired as expired:
+        session.rollback()
+        return ask(expired.message, expired.status)
     except payments.PaymentFailed as error:
         # The switch is made and mirrored; its payment failed, so the account shows the banner.
         session.commit()

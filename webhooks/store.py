@@ -10,9 +10,9 @@ concurrent duplicate on another node) a no-op.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, Table, and_, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -52,13 +52,7 @@ def store(
         "last_error": None if dead_because is None else f"unhandleable: {dead_because}",
     }
     bind = executor.get_bind() if isinstance(executor, Session) else executor
-    insert = pg_insert if bind.dialect.name == "postgresql" else sqlite_insert
-    new_id = executor.scalar(
-        insert(WebhookEvent)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["stripe_event_id"])
-        .returning(WebhookEvent.id)
-    )
+    new_id = executor.execute(_insert_statement(bind.dialect.name), values).scalar()
     if new_id is not None:
         return int(new_id), True
     existing = executor.scalar(
@@ -66,6 +60,25 @@ def store(
     )
     assert existing is not None
     return int(existing), False
+
+
+_INSERTS: dict[str, Any] = {}
+
+
+def _insert_statement(dialect: str) -> Any:
+    """The dialect's ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``, built once: the values
+    are bound at execution, so the compiled statement is reused for every delivery."""
+    statement = _INSERTS.get(dialect)
+    if statement is None:
+        table = cast(Table, WebhookEvent.__table__)
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = (
+            insert(table)
+            .on_conflict_do_nothing(index_elements=[table.c.stripe_event_id])
+            .returning(table.c.id)
+        )
+        _INSERTS[dialect] = statement
+    return statement
 
 
 def by_stripe_id(session: Session, stripe_event_id: str) -> WebhookEvent | None:

@@ -1,0 +1,32 @@
+"""invoices.tax may be negative: a credit invoice gives back the VAT inside it
+
+A switch to a cheaper plan makes an invoice whose lines add up to less than zero; Stripe's
+``total_taxes`` on it are negative (the VAT inside the credit), and mirroring it broke the
+``tax >= 0`` check, so the switch failed with a 500 after Stripe had made it.
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-03 14:30:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0010"
+down_revision: str | None = "0009"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("invoices", schema=None) as batch_op:
+        batch_op.drop_constraint(batch_op.f("ck_invoices_tax_not_negative"), type_="check")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("invoices", schema=None) as batch_op:
+        batch_op.create_check_constraint(
+            batch_op.f("ck_invoices_tax_not_negative"), sa.text("tax >= 0")
+        )

@@ -27,6 +27,9 @@ def _without_foreign_keys_on_sqlite() -> None:
     is closed after it."""
     if op.get_bind().dialect.name == "sqlite":
         op.execute("PRAGMA foreign_keys=OFF")
+        # Left behind by a first version of this migration that failed halfway (SQLite's DDL
+        # outside a transaction is not rolled back).
+        op.execute("DROP TABLE IF EXISTS _alembic_tmp_invoices")
 
 
 def upgrade() -> None:

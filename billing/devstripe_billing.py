@@ -159,6 +159,16 @@ def invoice_lines(invoice: Any, customer: Any) -> list[str]:
     return lines
 
 
+def lines_with_tax(invoice: Any) -> int:
+    """What an invoice's lines come to before the customer's credit, as Stripe's ``total``: the
+    subtotal plus the tax added on top. An inclusive tax is inside the lines already (localstripe's
+    ``tax`` counts it too, so a credit with VAT inside was worth its VAT twice)."""
+    inclusive = sum(
+        int(ta["amount"]) for ta in invoice.total_tax_amounts or [] if ta.get("inclusive")
+    )
+    return int(invoice.subtotal) + int(invoice.tax or 0) - inclusive
+
+
 def install(resources: Any, server: Any) -> None:
     """Add invoice numbers, hosted pages, PDFs, credit balances and card checks to localstripe."""
     from aiohttp import web
@@ -187,13 +197,13 @@ def install(resources: Any, server: Any) -> None:
         # what it charges (its ``total``); what it never did is keep what is left, or the excess
         # of an invoice below zero, as the customer's credit, as Stripe does.
         customer = Customer._api_retrieve(self.customer)
-        customer.account_balance = max(0, self.starting_balance - self.subtotal - self.tax)
+        customer.account_balance = max(0, self.starting_balance - lines_with_tax(self))
 
     Invoice._finalize = finalize
     Invoice._devstripe_number = None
     Invoice.number = property(lambda self: self._devstripe_number)
     Invoice.applied_credit = property(
-        lambda self: min(self.starting_balance or 0, max(self.subtotal + self.tax, 0))
+        lambda self: min(self.starting_balance or 0, max(lines_with_tax(self), 0))
     )
 
     def link(path: str) -> Callable[[Any], str | None]:

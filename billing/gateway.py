@@ -962,8 +962,13 @@ class _LocalstripeDialect(_Dialect):
         return _int(raw.get("tax"))
 
     def invoice_total_before_credit(self, raw: _Raw) -> int:
-        """``subtotal`` plus ``tax``: localstripe's ``total`` already has the credit taken off."""
-        return _int(raw.get("subtotal")) + _int(raw.get("tax"))
+        """``subtotal`` plus the tax added on top of it: localstripe's ``total`` already has the
+        credit taken off, and its ``tax`` counts inclusive taxes too, which (as on Stripe) are
+        inside the subtotal already."""
+        inclusive = sum(
+            _int(t.get("amount")) for t in raw.get("total_tax_amounts") or [] if t.get("inclusive")
+        )
+        return _int(raw.get("subtotal")) + _int(raw.get("tax")) - inclusive
 
     def proration_line(self, raw_line: _Raw) -> tuple[int, int] | None:
         """Lines with ``proration`` true, taxed by their exclusive ``tax_amounts``."""

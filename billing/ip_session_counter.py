@@ -7,7 +7,8 @@ its own:
 
 - after the response that found a flush due has been sent (``call_on_close``), so no reader
   waits for it: due every ``GROUP_IP_SESSIONS_FLUSH_INTERVAL`` seconds (60) or as soon as
-  :data:`FLUSH_AT` visits are waiting;
+  :data:`FLUSH_AT` visits are waiting; any response finds it due, not only a visit's, so the
+  last visits before a quiet spell are written within the interval and the next request;
 - when the process exits (``atexit``), for what is left.
 
 Several processes count the same visitor once: the database decides (see
@@ -81,15 +82,27 @@ class IpSessionCounter:
                 self._pending.add(visit)
             else:
                 self.dropped += 1
-            if not self._pending:
-                return False
-            moment = self._monotonic()
-            claimed = self._flush_claimed_at
-            if claimed is not None and moment < claimed + self.flush_interval:
-                return False  # a flush is on its way (or was lost: claimed again after a while)
-            if len(self._pending) >= FLUSH_AT or moment >= self._next_flush:
-                self._flush_claimed_at = moment
-                return True
+            return self._claim_if_due()
+
+    def flush_due(self) -> bool:
+        """True, once per flush, when visits are waiting and their interval is over (asked after
+        every response, so the last visits of a quiet hour are not left waiting for the next)."""
+        if not self._pending:  # read without the lock: a visit just missed is seen next time
+            return False
+        with self._lock:
+            return self._claim_if_due()
+
+    def _claim_if_due(self) -> bool:
+        """(Under the lock.) Claim the flush when one is due and none is on its way."""
+        if not self._pending:
+            return False
+        moment = self._monotonic()
+        claimed = self._flush_claimed_at
+        if claimed is not None and moment < claimed + self.flush_interval:
+            return False  # a flush is on its way (or was lost: claimed again after a while)
+        if len(self._pending) >= FLUSH_AT or moment >= self._next_flush:
+            self._flush_claimed_at = moment
+            return True
         return False
 
     def _take(self) -> set[Visit]:
@@ -143,6 +156,16 @@ def init_app(app: Flask) -> None:
     )
     app.extensions["ip_sessions"] = counter
     atexit.register(_flush_at_exit, weakref.ref(counter))
+    app.after_request(_flush_after_any_response)
+
+
+def _flush_after_any_response(response: Response) -> Response:
+    """Once the interval is over, any response (not only a visit's) writes what is waiting, after
+    it has been sent."""
+    counter = current()
+    if counter.flush_due():
+        response.call_on_close(counter.flush)
+    return response
 
 
 def _flush_at_exit(ref: weakref.ref[IpSessionCounter]) -> None:

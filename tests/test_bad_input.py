@@ -618,3 +618,19 @@ def test_a_json_client_of_a_page_gets_the_error_shape(client: FlaskClient) -> No
     response = client.get("/no-such-page", headers={"Accept": "application/json"})
 
     assert_json_error(response, 404)
+
+
+@pytest.mark.parametrize("seats", ["9" * 400, "-" + "9" * 30, "1" * 10])
+def test_a_seat_count_with_hundreds_of_digits_is_a_400_naming_seats_not_a_500(
+    client: FlaskClient, session: Session, seats: str
+) -> None:
+    admin = factories.reader(email="boss@ministry.example")
+    group = factories.group_with_seats(5, admin=admin)
+    session.commit()
+    login(client, admin)
+
+    response = post_form(client, f"/groups/{group.public_id}/seats", {"seats": seats})
+
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert 'id="seats-error"' in page and "at most 9 digits" in page

@@ -212,6 +212,26 @@ def test_a_visit_writes_nothing_during_the_request_and_is_flushed_after_the_resp
     assert len(ip_session_counter.current()) == 0
 
 
+def test_the_last_visit_before_a_quiet_spell_is_written_by_the_next_request_of_any_kind(
+    app: Flask,
+    session: Session,
+    client: FlaskClient,
+    clock: FixedClock,
+    api_key: str,
+    monotonic: FakeMonotonic,
+) -> None:
+    group = _office(session, clock)
+    _visit(client, api_key, "81.2.69.1").close()
+    client.get("/login").close()
+    assert _sessions(session) == {}, "not before the interval is over"
+
+    monotonic.value += 60
+    client.get("/login").close()
+
+    assert _sessions(session) == {(group.id, TODAY): 1}, "no second visit needed"
+    assert len(ip_session_counter.current()) == 0
+
+
 def test_a_failed_write_keeps_the_visits_for_the_next_flush(
     app: Flask, session: Session, clock: FixedClock, tmp_path: Any
 ) -> None:

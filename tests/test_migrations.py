@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from flask import Flask
+from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session
 
 from billing import db
-from billing.models import Base
+from billing.models import Base, Refund
+from tests import factories
 
 
 def _differences(url: str) -> list[object]:
@@ -33,3 +36,27 @@ def test_downgrading_to_base_and_upgrading_again_restores_the_schema(database_ur
         engine.dispose()
     db.upgrade(database_url)
     assert _differences(database_url) == []
+
+
+def test_migration_0010_runs_on_a_database_whose_invoices_have_refunds(
+    app: Flask, session: Session, database_url: str
+) -> None:
+    invoice = factories.InvoiceFactory(amount_paid=1200, total=1200)
+    session.add(
+        Refund(
+            stripe_id="re_1",
+            invoice_id=invoice.id,
+            amount=100,
+            currency="eur",
+            status="succeeded",
+            created_at=invoice.created_at,
+        )
+    )
+    session.commit()
+    session.close()
+
+    db.downgrade(database_url, "0009")
+    db.upgrade(database_url)
+
+    assert _differences(database_url) == []
+    assert session.scalars(select(Refund.invoice_id)).all() == [invoice.id]

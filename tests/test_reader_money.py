@@ -37,6 +37,7 @@ from tests.test_smtp import Collector, smtp_server  # noqa: F401 - the SMTP serv
 pytestmark = pytest.mark.usefixtures("stripe")
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
+GERMAN_VISA = "4000002760000016"
 INVOICE_NUMBER = re.compile(r"\b[0-9A-F]{8}-\d{4}\b")
 BRAND = {
     "PUBLICATION_NAME": "The Daily Meridian",
@@ -223,6 +224,34 @@ def test_the_switch_preview_names_the_charge_stripe_then_makes_and_the_credit_it
     overview = payments.overview(session, reader, now=now)
     assert (overview.credit, overview.next_amount) == (10800, 0), "the credit pays the next charge"
     assert session.scalars(select(Invoice.status)).all().count(InvoiceStatus.PAID) == 3
+
+
+def test_a_switch_back_to_monthly_with_vat_inside_leaves_the_credit_the_preview_showed(
+    plans: dict[str, Plan],
+    session: Session,
+    gateway: StripeGateway,
+    stripe: LocalstripeServer,
+    clock: FixedClock,
+) -> None:
+    now = clock.now()
+    german = reader_with_card(
+        session, gateway, stripe, now, number=GERMAN_VISA, email="jonas@example.org", country="DE"
+    )
+    payments.subscribe(session, gateway, german, MONTHLY, now=now)
+    payments.switch_plan(session, gateway, german, YEARLY, now=now)
+    session.commit()
+
+    back = payments.preview_switch(session, gateway, german, MONTHLY, now=now)
+    assert (back.charged_now, back.credit_after) == (0, 10800), "the VAT is inside the credit"
+    payments.switch_plan(session, gateway, german, MONTHLY, now=now)
+    session.commit()
+
+    customer = session.scalars(select(Customer)).one()
+    assert gateway.retrieve_customer(customer.stripe_id).balance == -10800
+    assert customer.credit == back.credit_after
+    credit_note = session.scalars(select(Invoice).order_by(Invoice.id.desc())).first()
+    assert credit_note is not None and credit_note.tax < 0, "a credit gives back the VAT in it"
+    assert only_subscription(session).plan.code == MONTHLY
 
 
 def test_a_switch_charges_what_its_preview_showed_though_the_clock_moved_before_the_click(

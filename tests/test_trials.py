@@ -87,6 +87,21 @@ def _tick(runner: FlaskCliRunner, *args: str) -> str:
     return result.output
 
 
+def test_a_reminder_sent_on_the_trials_last_day_says_within_a_day_not_1_days(
+    session: Session, runner: FlaskCliRunner, clock: FixedClock, outbox: Outbox
+) -> None:
+    reader = factories.reader(email="late@example.org")
+    trials.start_trial(session, reader, now=clock.now(), days=14)
+    session.commit()
+
+    clock.advance(days=13, hours=2)
+    assert "1 reminder(s) sent" in _tick(runner)
+
+    assert [m.subject for m in outbox.all("late@example.org")] == [
+        "Your free trial ends within a day"
+    ]
+
+
 def test_tick_sends_the_reminder_and_the_ending_once_each(
     session: Session, runner: FlaskCliRunner, clock: FixedClock, outbox: Outbox
 ) -> None:

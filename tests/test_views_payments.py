@@ -32,7 +32,7 @@ from billing.models import (
 )
 from billing.views.payments import money
 from tests import factories
-from tests.conftest import csrf_token, post_form
+from tests.conftest import Outbox, csrf_token, post_form
 from tests.helpers import login
 from tests.stripe_server import LocalstripeServer
 
@@ -402,6 +402,23 @@ def test_a_reader_switches_from_monthly_to_yearly_after_confirming(
     text = page_text(client.get("/account"))
     assert "Plan Yearly — €120.00 a year" in text
     assert "Switch to monthly" in text
+
+
+def test_a_second_click_on_the_same_switch_says_nothing_changed_and_mails_nothing(
+    client: FlaskClient, stripe: LocalstripeServer, outbox: Outbox
+) -> None:
+    subscribe(client, stripe)
+    moment = preview_moment(client)
+    confirm(client, "/account/subscription/switch", plan=YEARLY, proration_date=moment)
+    mails = len(outbox.all())
+
+    again = confirm(client, "/account/subscription/switch", plan=YEARLY, proration_date=moment)
+
+    assert again.status_code == 302
+    text = page_text(client.get("/account"))
+    assert "You are already on the yearly plan: nothing changed." in text
+    assert "We mailed you the details" not in text
+    assert len(outbox.all()) == mails
 
 
 def test_a_switch_whose_payment_is_declined_is_kept_and_the_account_shows_the_banner(

@@ -230,6 +230,7 @@ class Invoice(Base):
     currency: Mapped[str] = mapped_column(Currency)
     subtotal: Mapped[int]
     tax: Mapped[int] = mapped_column(default=0)
+    """The VAT inside ``total``; negative on a credit (an invoice whose lines add up below zero)."""
     total: Mapped[int]
     amount_paid: Mapped[int] = mapped_column(default=0)
     amount_refunded: Mapped[int] = mapped_column(default=0)
@@ -253,7 +254,6 @@ class Invoice(Base):
     agree and whether the reader confirmed."""
 
     __table_args__ = (
-        CheckConstraint("tax >= 0", name="tax_not_negative"),
         CheckConstraint("amount_paid >= 0", name="paid_not_negative"),
         CheckConstraint(
             "amount_refunded >= 0 AND amount_refunded <= amount_paid", name="refund_within_paid"

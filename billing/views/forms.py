@@ -12,9 +12,17 @@ from typing import Any
 from flask import render_template
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, Field, PasswordField, SelectField, StringField
+from wtforms import (
+    BooleanField,
+    EmailField,
+    Field,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    StringField,
+)
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
+from wtforms.validators import DataRequired, EqualTo, Length, StopValidation, ValidationError
 
 from billing.errors import DomainError, ValidationFailed
 from billing.services import accounts
@@ -109,6 +117,30 @@ _OTHER_COUNTRIES: dict[str, str] = {
     "VU": "Vanuatu", "WF": "Wallis and Futuna", "WS": "Samoa", "XK": "Kosovo", "YE": "Yemen",
     "YT": "Mayotte", "ZA": "South Africa", "ZM": "Zambia", "ZW": "Zimbabwe",
 }  # fmt: skip
+
+
+COUNT_MAX_DIGITS = 9
+"""The most digits a count typed into a form (seats, days) may have."""
+
+
+class CountField(IntegerField):
+    """A whole number typed into a form (seats, days), of at most :data:`COUNT_MAX_DIGITS`
+    digits: a longer one is refused as the field's error before any range check sees it
+    (WTForms' ``NumberRange`` turns the number into a float, which overflows: a 500)."""
+
+    data: Any
+
+    def process_formdata(self, valuelist: list[Any]) -> None:
+        """Read the number, refusing one with too many digits."""
+        if valuelist and len(str(valuelist[0]).strip().lstrip("+-")) > COUNT_MAX_DIGITS:
+            self.data = None
+            raise ValueError(f"Enter a number of at most {COUNT_MAX_DIGITS} digits.")
+        super().process_formdata(valuelist)
+
+    def pre_validate(self, form: Any) -> None:
+        """A number that could not be read has its one error; the range checks are skipped."""
+        if self.process_errors:
+            raise StopValidation()
 
 
 def _sort_key(item: tuple[str, str]) -> str:

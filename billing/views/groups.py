@@ -24,7 +24,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from wtforms import HiddenField, IntegerField, RadioField, SelectField, StringField, TextAreaField
+from wtforms import HiddenField, RadioField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
@@ -41,6 +41,7 @@ from billing.views.forms import (
     COUNTRY_CHOICES,
     COUNTRY_NAMES,
     ButtonForm,
+    CountField,
     _email_field,
     _known_country,
     _strip,
@@ -78,7 +79,7 @@ class NewGroupForm(FlaskForm):
         "Country", [DataRequired("Choose the country."), _known_country], filters=[_upper]
     )
     vat_id = StringField("VAT number (optional)", [Length(max=32)], filters=[_strip])
-    seats = IntegerField("Seats", [InputRequired("Enter the number of seats.")])
+    seats = CountField("Seats", [InputRequired("Enter the number of seats.")])
     payment = RadioField(
         "Payment",
         choices=[
@@ -122,7 +123,7 @@ class RangeForm(FlaskForm):
 class SeatsForm(FlaskForm):
     """A new seat count, previewed before it is confirmed."""
 
-    seats = IntegerField(
+    seats = CountField(
         "Seats", [InputRequired("Enter the number of seats."), NumberRange(min=1, max=100_000)]
     )
     confirm = HiddenField()

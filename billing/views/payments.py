@@ -759,6 +759,10 @@ def switch() -> ResponseReturnValue:
     if not form.validate_on_submit():
         errors = form.proration_date.errors
         return ask(errors[0] if errors else None)
+    if overview.plan is not None and form.plan.data == overview.plan.code:
+        # A second click on a switch already made (or a plan that is already the reader's).
+        flash(f"You are already on the {overview.plan.name.lower()} plan: nothing changed.", "info")
+        return redirect(url_for("account.overview"))
     try:
         switched = payments.switch_plan(
             session,

@@ -15,7 +15,7 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from sqlalchemy import select
-from wtforms import DateField, IntegerField, RadioField, StringField, TextAreaField
+from wtforms import DateField, RadioField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
@@ -34,6 +34,7 @@ from billing.models import (
 from billing.services import accounts, mail, support
 from billing.services.stripe_mirror import customer_of
 from billing.views import guards
+from billing.views.forms import CountField
 from billing.views.staff import bp
 
 SUPPORT_ROLES = (StaffRole.SUPPORT,)
@@ -61,7 +62,7 @@ class ReasonForm(FlaskForm):
 class ExtendTrialForm(FlaskForm):
     """Give a reader more free days."""
 
-    days = IntegerField(
+    days = CountField(
         "Extra days",
         [
             InputRequired("How many days?"),

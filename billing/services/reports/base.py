@@ -34,6 +34,9 @@ class Kind(StrEnum):
     """How a column's values are written on pages and in exports."""
 
     TEXT = "text"
+    CODE = "code"
+    """Text Tollgate itself writes from a closed set (country and currency codes, statuses,
+    kinds): exported as it is, without the formula guard user text gets."""
     INT = "int"
     MONEY = "money"
     """Integer minor units; shown and exported in major units with the row's currency."""

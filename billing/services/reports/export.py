@@ -88,6 +88,8 @@ def format_value(value: Any, kind: Kind) -> str:
     if kind in (Kind.INT, Kind.DECIMAL):
         return str(value)
     text = value.value if isinstance(value, StrEnum) else str(value)
+    if kind == Kind.CODE:
+        return text
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
@@ -173,6 +175,8 @@ def _sql_format(column: Any, kind: Kind) -> Any:
         return func.round(cast(column, Numeric) * 100, 2)
     if kind in (Kind.INT, Kind.DECIMAL):
         return column
+    if kind == Kind.CODE:
+        return cast(column, String)
     return _guarded(column)
 
 
@@ -258,6 +262,7 @@ _EXCEL_VALUE: dict[Kind, Callable[[Any], Any]] = {
     Kind.DATETIME: _excel_moment,
     Kind.DATE: _excel_day,
     Kind.TEXT: _excel_text,
+    Kind.CODE: _excel_text,
 }
 """What each kind of value is written as: a number (money in major units: ``int / 100`` is the
 double nearest the exact amount, as ``float(Decimal)`` is), a serial date, or text."""

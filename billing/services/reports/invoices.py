@@ -31,8 +31,8 @@ COLUMNS = (
     Column("number", "Number"),
     Column("issued", "Date (UTC)", Kind.DATETIME),
     Column("customer", "Reader or group"),
-    Column("owner", "Individual or group"),
-    Column("country", "Country"),
+    Column("owner", "Individual or group", Kind.CODE),
+    Column("country", "Country", Kind.CODE),
     Column("vat_id", "VAT id"),
     Column("plan", "Plan"),
     Column("net", "Net", Kind.MONEY),
@@ -40,12 +40,12 @@ COLUMNS = (
     Column("gross", "Gross", Kind.MONEY),
     Column("paid", "Paid", Kind.MONEY),
     Column("refunded", "Refunded", Kind.MONEY),
-    Column("currency", "Currency"),
-    Column("status", "Status"),
-    Column("tax_country", "VAT country"),
-    Column("tax_kind", "VAT kind"),
+    Column("currency", "Currency", Kind.CODE),
+    Column("status", "Status", Kind.CODE),
+    Column("tax_country", "VAT country", Kind.CODE),
+    Column("tax_kind", "VAT kind", Kind.CODE),
     Column("tax_rate", "VAT rate %", Kind.DECIMAL),
-    Column("tax_evidence", "Country evidence"),
+    Column("tax_evidence", "Country evidence", Kind.CODE),
 )
 MONEY_KEYS = ("net", "vat", "gross", "paid", "refunded")
 EVIDENCE_BLANKS = (None,) * 4

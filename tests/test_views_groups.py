@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
 
 from billing.clock import FixedClock
 from billing.gateway import StripeGateway
@@ -53,6 +55,25 @@ def gateway(app: object) -> StripeGateway:
 def _login(client: FlaskClient, email: str) -> None:
     response = post_form(client, "/login", {"email": email, "password": factories.PASSWORD})
     assert response.status_code == 302
+
+
+def _confirm_seats(client: FlaskClient, show: str, seats: int) -> tuple[str, TestResponse]:
+    """Ask the price of ``seats`` seats, then confirm the change shown; the page's signed
+    confirmation value and the confirmation's response."""
+    preview = post_form(client, f"{show}/seats", {"seats": str(seats)})
+    assert preview.status_code == 200
+    signed = _signed_quote(preview.get_data(as_text=True))
+    confirmed = post_form(
+        client, f"{show}/seats", {"seats": str(seats), "confirm": "yes", "quote": signed}
+    )
+    return signed, confirmed
+
+
+def _signed_quote(page: str) -> str:
+    """The signed value a seat-change preview's confirm form carries."""
+    found = re.search(r'name="quote" type="hidden" value="([^"]+)"', page)
+    assert found is not None, "no signed price on the page"
+    return found.group(1)
 
 
 ORDER = {
@@ -174,7 +195,9 @@ def test_seats_change_on_stripe_after_the_price_difference_is_shown_never_below_
     assert "From 3 to 5 seats" in page and "192.00" in page  # 2 seats for the (whole) year
     session.expire_all()
     assert session.scalars(select(Subscription)).one().quantity == 3  # not before confirming
-    confirmed = post_form(client, f"{show}/seats", {"seats": "5", "confirm": "yes"})
+    confirmed = post_form(
+        client, f"{show}/seats", {"seats": "5", "confirm": "yes", "quote": _signed_quote(page)}
+    )
     assert confirmed.status_code == 302
     session.expire_all()
     subscription = session.scalars(select(Subscription)).one()
@@ -189,7 +212,7 @@ def test_seats_change_on_stripe_after_the_price_difference_is_shown_never_below_
     for _ in range(3):
         groups.claim_seat(session, group, factories.reader(), now=clock.now())
     session.commit()
-    refused = post_form(client, f"{show}/seats", {"seats": "3", "confirm": "yes"})
+    refused = post_form(client, f"{show}/seats", {"seats": "3"})
     assert refused.status_code == 400
     assert "4 seats are in use" in refused.get_data(as_text=True)
     assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 5
@@ -233,8 +256,7 @@ def test_the_seat_change_price_is_stripes_proration_with_vat_and_the_change_cost
     # Half a year of 2 more seats at 96.00 a year: 96.00 net, 7 % German VAT on top.
     assert 'data-net="9600" data-tax="672" data-total="10272"' in page
     assert "96.00" in page and "6.72" in page and "102.72" in page
-    shown_at = re.search(r'name="proration_date" type="hidden" value="(\d+)"', page)
-    assert shown_at is not None
+    shown_at = int(clock.now().timestamp())
     clock.advance(timedelta(minutes=20))
     token = csrf_token(client, show)
     confirmed = client.post(
@@ -242,7 +264,7 @@ def test_the_seat_change_price_is_stripes_proration_with_vat_and_the_change_cost
         data={
             "seats": "5",
             "confirm": "yes",
-            "proration_date": shown_at.group(1),
+            "quote": _signed_quote(page),
             "csrf_token": token,
         },
     )
@@ -251,7 +273,7 @@ def test_the_seat_change_price_is_stripes_proration_with_vat_and_the_change_cost
     customer = gateway.retrieve_subscription(subscription.stripe_id).customer_id
     pending = stripe.request("GET", f"/v1/invoiceitems?customer={customer}")["data"]
     assert sorted(item["amount"] for item in pending if item["proration"]) == [-14400, 24000]
-    assert {item["period"]["start"] for item in pending} == {int(shown_at.group(1))}
+    assert {item["period"]["start"] for item in pending} == {shown_at}
     upcoming = gateway.preview_next_invoice(customer, subscription.stripe_id)
     assert (upcoming.subtotal, upcoming.tax) == (5 * 9600 + 9600, 5 * 672 + 672)
 
@@ -261,8 +283,9 @@ def test_going_down_a_seat_shows_stripes_credit_with_its_vat_for_the_next_invoic
 ) -> None:
     group, subscription = _paid_group_halfway_through_its_year(client, session, gateway, clock)
     show = f"/groups/{group.public_id}"
-    confirmed = post_form(client, f"{show}/seats", {"seats": "5", "confirm": "yes"})
+    _, confirmed = _confirm_seats(client, show, 5)
     assert confirmed.status_code == 302
+    clock.advance(timedelta(minutes=1))  # the preview's proration lines are of its own moment
 
     preview = post_form(client, f"{show}/seats", {"seats": "4"})
 
@@ -273,25 +296,97 @@ def test_going_down_a_seat_shows_stripes_credit_with_its_vat_for_the_next_invoic
     assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 5
 
 
-def test_a_seat_change_confirmed_with_a_later_or_stale_proration_date_is_refused(
+def test_a_seat_change_confirmed_more_than_an_hour_after_its_price_shows_a_fresh_price(
     client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
 ) -> None:
     group, subscription = _paid_group_halfway_through_its_year(client, session, gateway, clock)
     show = f"/groups/{group.public_id}"
-    now = int(clock.now().timestamp())
-    for moment in (str(now + 3600), str(now - 2 * 3600), "soon"):
-        refused = client.post(
-            f"{show}/seats",
-            data={
-                "seats": "5",
-                "confirm": "yes",
-                "proration_date": moment,
-                "csrf_token": csrf_token(client, show),
-            },
-        )
-        assert refused.status_code == 400, moment
-        assert "look at" in refused.get_data(as_text=True)
+    preview = post_form(client, f"{show}/seats", {"seats": "5"})
+    stale = _signed_quote(preview.get_data(as_text=True))
+    clock.advance(groups.PRORATION_DATE_MAX_AGE + timedelta(minutes=1))
+
+    refused = post_form(client, f"{show}/seats", {"seats": "5", "confirm": "yes", "quote": stale})
+
+    assert refused.status_code == 400
+    page = refused.get_data(as_text=True)
+    assert 'data-field="seats"' in page and "out of date" in page
+    assert "From 3 to 5 seats" in page and _signed_quote(page) != stale
     assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 3
+
+
+def _signed_for(group: Group, seats_to: int, now: datetime, keys: list[str]) -> str:
+    """A confirmation value for ``group`` going from 3 to ``seats_to`` seats, signed by ``keys``."""
+    quote = groups.SeatQuote(
+        seats_from=3,
+        seats_to=seats_to,
+        net=0,
+        tax=0,
+        currency="eur",
+        proration_date=now.replace(microsecond=0),
+        tax_note="",
+    )
+    return groups.seat_change_token(keys, group, quote, now)
+
+
+def test_a_seat_change_is_made_only_at_the_price_shown_for_that_group_and_those_seats(
+    app: Flask,
+    client: FlaskClient,
+    session: Session,
+    gateway: StripeGateway,
+    clock: FixedClock,
+) -> None:
+    group, subscription = _paid_group_halfway_through_its_year(client, session, gateway, clock)
+    show = f"/groups/{group.public_id}"
+    preview = post_form(client, f"{show}/seats", {"seats": "6"})
+    shown_for_six = _signed_quote(preview.get_data(as_text=True))
+    other_group = factories.group_with_seats(5)
+    session.commit()
+    keys = app.config["SECRET_KEYS"]
+    attempts = {
+        "no signed price": "",
+        "the price of 6 seats": shown_for_six,
+        "another group's price": _signed_for(other_group, 40, clock.now(), keys),
+        "a price signed with another key": _signed_for(group, 40, clock.now(), ["forged" * 8]),
+        "a tampered price": shown_for_six[:-3] + ("AAA" if shown_for_six[-3:] != "AAA" else "BBB"),
+    }
+    for attempt, signed in attempts.items():
+        refused = post_form(
+            client, f"{show}/seats", {"seats": "40", "confirm": "yes", "quote": signed}
+        )
+
+        assert refused.status_code == 400, attempt
+        page = refused.get_data(as_text=True)
+        assert 'id="seats-error" data-field="seats"' in page, attempt
+        assert "Confirm the price difference shown" in page, attempt
+        assert "From 3 to 40 seats" in page and "Confirm 40 seats" in page, attempt
+        assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 3, attempt
+
+    fresh = _signed_quote(page)
+    confirmed = post_form(
+        client, f"{show}/seats", {"seats": "40", "confirm": "yes", "quote": fresh}
+    )
+    assert confirmed.status_code == 302
+    assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 40
+
+
+def test_a_seat_change_priced_before_another_change_of_the_seats_is_priced_again(
+    client: FlaskClient, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    group, subscription = _paid_group_halfway_through_its_year(client, session, gateway, clock)
+    show = f"/groups/{group.public_id}"
+    preview = post_form(client, f"{show}/seats", {"seats": "6"})
+    shown_from_three = _signed_quote(preview.get_data(as_text=True))
+    _, confirmed = _confirm_seats(client, show, 10)
+    assert confirmed.status_code == 302
+
+    refused = post_form(
+        client, f"{show}/seats", {"seats": "6", "confirm": "yes", "quote": shown_from_three}
+    )
+
+    assert refused.status_code == 400
+    page = refused.get_data(as_text=True)
+    assert "now has 10 seats, not the 3" in page and "From 10 to 6 seats" in page
+    assert gateway.retrieve_subscription(subscription.stripe_id).quantity == 10
 
 
 def test_staff_approve_a_domain_and_readers_of_it_join_from_their_organisations_page(

@@ -4,8 +4,9 @@ prorated price, cancelling or renewing, and watching invoices paid by bank trans
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -27,7 +28,7 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.services import audit, mail, taxes
-from billing.services.accounts import normalise_email
+from billing.services.accounts import InvalidLink, dumps, loads, normalise_email
 from billing.services.group_tax import GroupTax, group_tax
 from billing.services.groups_seats import (
     GroupRules,
@@ -288,6 +289,10 @@ def _customer(session: Session, group: Group) -> Customer:
 PRORATION_DATE_MAX_AGE = timedelta(hours=1)
 """How long a seat-change price shown to an admin may be confirmed at that price."""
 
+SEAT_CHANGE_SALT = "tollgate.seat-change.v1"
+"""The purpose of the signed value a seat-change confirmation carries (see
+:func:`seat_change_token`)."""
+
 
 @dataclass(frozen=True)
 class SeatQuote:
@@ -361,6 +366,61 @@ def seat_change_price(
     )
 
 
+@dataclass(frozen=True)
+class SeatChangeConfirmation:
+    """A seat change as its price was shown: from and to how many seats, prorated when."""
+
+    seats_from: int
+    seats_to: int
+    proration_date: datetime
+
+
+def seat_change_token(
+    secret_keys: Sequence[str], group: Group, quote: SeatQuote, now: datetime
+) -> str:
+    """The signed value the confirmation form of ``quote`` carries: it binds the group, the seat
+    counts, the proration moment and the total shown, so only the change shown can be confirmed."""
+    payload = {
+        "g": group.public_id,
+        "f": quote.seats_from,
+        "s": quote.seats_to,
+        "p": int(quote.proration_date.timestamp()),
+        "t": quote.total,
+    }
+    return dumps(secret_keys, SEAT_CHANGE_SALT, payload, now)
+
+
+def confirmed_seat_change(
+    secret_keys: Sequence[str], group: Group, seats: int, token: str, now: datetime
+) -> SeatChangeConfirmation:
+    """The seat change a confirmation's signed ``token`` was shown for, if it is one of ours, for
+    ``group`` and for ``seats``; ValidationFailed (field ``seats``) otherwise: missing, forged,
+    of another group or seat count (a stale one is refused by :func:`change_seats`)."""
+    not_shown = ValidationFailed(
+        "Confirm the price difference shown for these seats.", field="seats"
+    )
+    if not token:
+        raise not_shown
+    try:
+        # Staleness is :func:`change_seats`'s to judge (it says "out of date"); a day bounds it.
+        payload = loads(secret_keys, SEAT_CHANGE_SALT, token, now, max_age=86_400)
+    except InvalidLink as error:
+        raise not_shown from error
+    shown_from, shown_to, moment = payload.get("f"), payload.get("s"), payload.get("p")
+    if (
+        payload.get("g") != group.public_id
+        or not isinstance(shown_from, int)
+        or not isinstance(moment, int)
+        or shown_to != seats
+    ):
+        raise not_shown
+    return SeatChangeConfirmation(
+        seats_from=shown_from,
+        seats_to=seats,
+        proration_date=datetime.fromtimestamp(moment, tz=UTC),
+    )
+
+
 def change_seats(
     session: Session,
     gateway: StripeGateway,
@@ -371,13 +431,15 @@ def change_seats(
     rules: GroupRules,
     now: datetime,
     proration_date: datetime | None = None,
+    quoted_from: int | None = None,
 ) -> Subscription:
     """Change the number of seats (Stripe prorates onto the next invoice, at ``proration_date``
     when a price was shown for it); never fewer than the seats in use.
 
-
     A ``proration_date`` older than :data:`PRORATION_DATE_MAX_AGE`, before the paid period or
-    later than now is refused (field ``seats``): the price shown must be asked for again.
+    later than now is refused (field ``seats``), and so is a change whose price was shown from
+    ``quoted_from`` seats when the group no longer has that many: the price shown must be asked
+    for again.
     """
     require_admin(session, group, admin)
     seats = lock_seats(session, group, now)
@@ -387,6 +449,12 @@ def change_seats(
     _checked_seat_count(session, group, new_seats, rules=rules)
     if new_seats == seats:
         return subscription
+    if quoted_from is not None and quoted_from != seats:
+        raise ValidationFailed(
+            f"The organisation now has {seats} seats, not the {quoted_from} the price was shown"
+            " for: look at the price difference again.",
+            field="seats",
+        )
     latest = _proration_moment(subscription, now)
     earliest = max(latest - PRORATION_DATE_MAX_AGE, subscription.current_period_start)
     if proration_date is not None and not earliest <= proration_date <= latest:

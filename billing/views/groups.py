@@ -6,7 +6,6 @@ and comes back to the group's page with what happened.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -30,7 +29,7 @@ from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
 from billing import db
 from billing.clock import current_clock
-from billing.errors import DomainError, NotFound, ValidationFailed, error_body
+from billing.errors import DomainError, NotFound, error_body
 from billing.gateway import StripeGateway
 from billing.models import Group, MembershipRole
 from billing.services import group_vat, groups, ip_sessions, taxes
@@ -127,8 +126,8 @@ class SeatsForm(FlaskForm):
         "Seats", [InputRequired("Enter the number of seats."), NumberRange(min=1, max=100_000)]
     )
     confirm = HiddenField()
-    proration_date = HiddenField()
-    """The moment the price shown was prorated for (Unix seconds), kept for the change."""
+    quote = HiddenField()
+    """The signed price shown (group, seat counts, proration moment): only it can be confirmed."""
 
 
 class TaxDetailsForm(FlaskForm):
@@ -501,21 +500,19 @@ def auto_reclaim(public_id: str) -> ResponseReturnValue:
 @login_required
 def seats(public_id: str) -> ResponseReturnValue:
     """Change the seat count: Stripe's price for it first, then the change at that price once
-    confirmed."""
+    confirmed with the signed price the preview carried (any other is shown a fresh price)."""
     group = _my_group(public_id)
     session, now = db.session(), current_clock().now()
     form = SeatsForm()
     if not form.validate_on_submit():
         return _render_show(group, 400, seats_form=form)
     new_seats = int(form.seats.data or 0)
+    if form.confirm.data != "yes":
+        return _seat_preview(group, form, new_seats)
     try:
-        if form.confirm.data != "yes":
-            quote = groups.seat_change_price(
-                session, _gateway(), group, new_seats, rules=_rules(), now=now
-            )
-            form.confirm.data = "yes"
-            form.proration_date.data = str(int(quote.proration_date.timestamp()))
-            return _render_show(group, seats_form=form, seat_change=quote)
+        shown = groups.confirmed_seat_change(
+            current_app.config["SECRET_KEYS"], group, new_seats, form.quote.data or "", now
+        )
         groups.change_seats(
             session,
             _gateway(),
@@ -524,26 +521,39 @@ def seats(public_id: str) -> ResponseReturnValue:
             new_seats,
             rules=_rules(),
             now=now,
-            proration_date=_proration_date(form.proration_date.data),
+            proration_date=shown.proration_date,
+            quoted_from=shown.seats_from,
         )
     except DomainError as error:
         session.rollback()
-        form.confirm.data = ""
-        form.seats.errors = [error.message]
-        return _render_show(group, error.status, seats_form=form)
+        return _seat_preview(group, form, new_seats, refused=error)
     session.commit()
     flash(f"The organisation now has {new_seats} seats.")
     return redirect(url_for("groups.show", public_id=group.public_id))
 
 
-def _proration_date(value: Any) -> datetime | None:
-    """The proration moment a confirmed seat change carries (Unix seconds), None when absent."""
-    if value in (None, ""):
-        return None
-    text = str(value)
-    if not (text.isascii() and text.isdigit()) or len(text) > 10:
-        raise ValidationFailed("The price shown is not valid: look at it again.", field="seats")
-    return datetime.fromtimestamp(int(text), tz=UTC)
+def _seat_preview(
+    group: Group, form: SeatsForm, new_seats: int, *, refused: DomainError | None = None
+) -> ResponseReturnValue:
+    """The price of changing to ``new_seats`` to confirm, with the signed value that confirms it;
+    after a ``refused`` confirmation with its message too (400); the form with the reason alone
+    when no price can be shown (fewer seats than in use, say)."""
+    session, now = db.session(), current_clock().now()
+    try:
+        quote = groups.seat_change_price(
+            session, _gateway(), group, new_seats, rules=_rules(), now=now
+        )
+    except DomainError as error:
+        session.rollback()
+        form.confirm.data = form.quote.data = ""
+        form.seats.errors = [error.message]
+        return _render_show(group, error.status, seats_form=form)
+    form.confirm.data = "yes"
+    form.quote.data = groups.seat_change_token(current_app.config["SECRET_KEYS"], group, quote, now)
+    if refused is None:
+        return _render_show(group, seats_form=form, seat_change=quote)
+    form.seats.errors = [refused.message]
+    return _render_show(group, refused.status, seats_form=form, seat_change=quote)
 
 
 @bp.post("/groups/<public_id>/renewal")

@@ -335,6 +335,21 @@ def test_a_move_the_card_contradicts_is_confirmed_on_the_page_then_applies_from_
     assert session.get_one(TaxRate, subscription.tax_rate_id).country == "FR"
 
 
+def test_the_confirm_box_the_card_contradicts_is_marked_invalid_and_tied_to_its_error(
+    browser: FlaskClient,
+) -> None:
+    asked = post_form(browser, "/account/country", {"country": "FR"})
+
+    assert asked.status_code == 409
+    page = asked.get_data(as_text=True)
+    assert "Please correct the highlighted field." in page
+    box = re.search(r'<input[^>]*name="confirm"[^>]*>', page)
+    assert box is not None
+    assert 'aria-invalid="true"' in box.group(0)
+    assert 'aria-describedby="confirm-error"' in box.group(0)
+    assert re.search(r'class="field has-error[^"]*"[^>]*data-confirm-country', page)
+
+
 def test_a_country_not_on_the_list_is_refused_on_the_page_naming_the_field(
     browser: FlaskClient, session: Session
 ) -> None:

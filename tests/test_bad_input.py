@@ -634,3 +634,19 @@ def test_a_seat_count_with_hundreds_of_digits_is_a_400_naming_seats_not_a_500(
     assert response.status_code == 400
     page = response.get_data(as_text=True)
     assert 'id="seats-error"' in page and "at most 9 digits" in page
+
+
+@pytest.mark.parametrize("seats", ["0", "100001"])
+def test_a_seat_count_out_of_range_is_a_400_saying_what_is_allowed(
+    client: FlaskClient, session: Session, seats: str
+) -> None:
+    admin = factories.reader(email="boss@ministry.example")
+    group = factories.group_with_seats(5, admin=admin)
+    session.commit()
+    login(client, admin)
+
+    response = post_form(client, f"/groups/{group.public_id}/seats", {"seats": seats})
+
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert 'id="seats-error"' in page and "Give a number of seats from 1 to 100,000." in page

@@ -123,7 +123,11 @@ class SeatsForm(FlaskForm):
     """A new seat count, previewed before it is confirmed."""
 
     seats = CountField(
-        "Seats", [InputRequired("Enter the number of seats."), NumberRange(min=1, max=100_000)]
+        "Seats",
+        [
+            InputRequired("Enter the number of seats."),
+            NumberRange(min=1, max=100_000, message="Give a number of seats from 1 to 100,000."),
+        ],
     )
     confirm = HiddenField()
     quote = HiddenField()

@@ -11,6 +11,8 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -189,3 +191,10 @@ def forget_the_mirror(session: Session) -> None:
         session.execute(delete(model))
     session.commit()
     session.expire_all()
+
+
+def expected_tax(amount: int, rate: Decimal) -> int:
+    """``amount * rate / (100 + rate)``, rounded half up, in exact rational arithmetic."""
+    exact = Fraction(amount) * Fraction(rate) / (100 + Fraction(rate))
+    whole, rest = divmod(exact, 1)
+    return int(whole) + (1 if rest >= Fraction(1, 2) else 0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import re
 from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -25,7 +24,13 @@ from billing.views.account import long_date
 from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
-from tests.payments_support import only_subscription, plans_on_sale, reader_with_card, real_now
+from tests.payments_support import (
+    expected_tax,
+    only_subscription,
+    plans_on_sale,
+    reader_with_card,
+    real_now,
+)
 from tests.stripe_server import LocalstripeServer
 
 pytestmark = pytest.mark.usefixtures("stripe")
@@ -33,13 +38,6 @@ pytestmark = pytest.mark.usefixtures("stripe")
 MONTHLY = "individual-monthly"
 GERMAN_CARD = "4000002760000016"
 FRENCH_CARD = "4000002500000003"
-
-
-def expected_tax(amount: int, rate: Decimal) -> int:
-    """``amount * rate / (100 + rate)``, rounded half up, in exact rational arithmetic."""
-    exact = Fraction(amount) * Fraction(rate) / (100 + Fraction(rate))
-    whole, rest = divmod(exact, 1)
-    return int(whole) + (1 if rest >= Fraction(1, 2) else 0)
 
 
 @pytest.fixture

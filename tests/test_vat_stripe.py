@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -30,7 +29,13 @@ from billing.services.vat import (
     rate_table,
 )
 from tests import factories
-from tests.payments_support import only_subscription, plans_on_sale, reader_with_card, real_now
+from tests.payments_support import (
+    expected_tax,
+    only_subscription,
+    plans_on_sale,
+    reader_with_card,
+    real_now,
+)
 from tests.stripe_server import LocalstripeServer
 
 pytestmark = pytest.mark.usefixtures("stripe")
@@ -40,13 +45,6 @@ GERMAN_CARD = "4000002760000016"
 BELGIAN_CARD = "4000000560000004"
 FRENCH_CARD = "4000002500000003"
 GENERIC_CARD = "4242424242424242"  # issued in BE on the stand-in (billing.devstripe)
-
-
-def expected_tax(amount: int, rate: Decimal) -> int:
-    """``amount * rate / (100 + rate)``, rounded half up, in exact rational arithmetic."""
-    exact = Fraction(amount) * Fraction(rate) / (100 + Fraction(rate))
-    whole, rest = divmod(exact, 1)
-    return int(whole) + (1 if rest >= Fraction(1, 2) else 0)
 
 
 @pytest.fixture

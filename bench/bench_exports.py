@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 START = datetime(2026, 1, 1, tzinfo=UTC)
 RANGE = (date(2026, 1, 1), date(2026, 12, 31))
+REPEATS = 3
+"""COPY and our CSV each run this many times in their process; the fastest run counts (the
+first pays for cold caches, and a busy machine slows single runs by a third)."""
 
 
 def _app(url: str):  # type: ignore[no-untyped-def]
@@ -41,6 +44,7 @@ def _app(url: str):  # type: ignore[no-untyped-def]
 def fill(url: str, rows: int) -> None:
     """Migrate the database and write ``rows`` invoices of one subscription through COPY."""
     import psycopg
+    from psycopg.types.json import Jsonb
 
     from billing import db
 
@@ -76,7 +80,12 @@ def fill(url: str, rows: int) -> None:
         subscription_id = cur.fetchone()[0]  # type: ignore[index]
         columns = (
             "stripe_id, number, customer_id, subscription_id, status, currency, subtotal, tax, "
-            "total, amount_paid, amount_refunded, customer_country, created_at"
+            "total, amount_paid, amount_refunded, customer_country, created_at, tax_rate, "
+            "tax_country, tax_kind, tax_evidence"
+        )
+        # the VAT columns as every invoice since VAT landed has them (evidence included)
+        evidence = Jsonb(
+            {"declared_country": "BE", "card_country": "BE", "confirmed_by_reader": False}
         )
         seconds = int((RANGE[1] - RANGE[0]).total_seconds() // 86400 * 86400)
         with cur.copy(f"COPY invoices ({columns}) FROM STDIN") as copy:
@@ -96,6 +105,10 @@ def fill(url: str, rows: int) -> None:
                         0,
                         "BE",
                         START + timedelta(seconds=n * seconds // max(rows, 1)),
+                        21,
+                        "BE",
+                        "standard",
+                        evidence,
                     )
                 )
         conn.commit()
@@ -138,27 +151,32 @@ def measure(url: str, mode: str) -> dict[str, float]:
     with app.app_context():
         session = db.session()
         now = datetime.now(UTC)
-        progress = export.Progress()
         session.execute(select(1))
         ready_mb = _rss_mb()
-        began = time.perf_counter()
-        if mode == "copy":
-            assert report.statement is not None
-            compiled = report.statement(filters).compile(
-                dialect=session.get_bind().dialect, compile_kwargs={"render_postcompile": True}
-            )
-            raw = session.connection().connection.driver_connection
-            with raw.cursor() as cur, open(out, "wb") as target:  # type: ignore[union-attr]
-                with cur.copy(f"COPY ({compiled}) TO STDOUT WITH CSV", compiled.params) as copy:
-                    for data in copy:
-                        target.write(data)
-        elif mode == "csv":
-            with open(out, "wb") as target:
-                for chunk in export.csv_chunks(session, report, filters, now, progress):
-                    target.write(chunk)
-        else:
-            export.write_xlsx(session, report, filters, now, str(out), progress)
-        seconds = time.perf_counter() - began
+        times = []
+        for _ in range(1 if mode == "xlsx" else REPEATS):
+            progress = export.Progress()
+            began = time.perf_counter()
+            if mode == "copy":
+                assert report.statement is not None
+                compiled = report.statement(filters).compile(
+                    dialect=session.get_bind().dialect,
+                    compile_kwargs={"render_postcompile": True},
+                )
+                raw = session.connection().connection.driver_connection
+                with raw.cursor() as cur, open(out, "wb") as target:  # type: ignore[union-attr]
+                    with cur.copy(f"COPY ({compiled}) TO STDOUT WITH CSV", compiled.params) as copy:
+                        for data in copy:
+                            target.write(data)
+            elif mode == "csv":
+                with open(out, "wb") as target:
+                    for chunk in export.csv_chunks(session, report, filters, now, progress):
+                        target.write(chunk)
+            else:
+                export.write_xlsx(session, report, filters, now, str(out), progress)
+            times.append(time.perf_counter() - began)
+            session.rollback()
+        seconds = min(times)
     size = out.stat().st_size
     out.unlink()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

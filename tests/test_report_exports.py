@@ -12,13 +12,16 @@ import tracemalloc
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import openpyxl
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session
 
+from billing import db as billing_db
 from billing.clock import FixedClock
 from billing.models import AuditLog, Invoice, InvoiceStatus, StaffRole, TrialStatus
 from billing.services import reports
@@ -341,3 +344,117 @@ def test_the_xlsx_writes_times_as_times_shares_and_days_as_numbers_and_totals_in
     cohort = [cell.value for cell in trials_book.active[2]]
     assert cohort == ["2026-11", 1, 1, 0, 0, 1.0, 2.5, 2.5]
     assert trials_book.active["F2"].number_format == "0.00%"
+
+
+@pytest.mark.postgres_only
+def test_on_postgresql_the_copy_writes_every_value_as_the_python_formatter_does(
+    app: Flask, session: Session, clock: FixedClock
+) -> None:
+    """The COPY's SQL formatting against :func:`export.format_value` on the same rows, with
+    values at the edges (a credit, a cent, millions, a time with microseconds, every formula
+    start, a missing number), on connections whose DateStyle and time zone are not ISO and UTC:
+    the export pins what it relies on."""
+    if billing_db.engine().dialect.name != "postgresql":
+        pytest.fail("run with TEST_DATABASE_URL pointing at PostgreSQL (make test does)")
+    day = factories.NOW.replace(day=3)
+    factories.InvoiceFactory(created_at=day.replace(microsecond=999_999), total=5, tax=1)
+    factories.InvoiceFactory(created_at=day, total=-10_800, tax=-1_874, amount_paid=0)
+    factories.InvoiceFactory(created_at=day, total=123_456_789, tax=0, number=None)
+    for n, start in enumerate(export.FORMULA_STARTS):
+        group = factories.GroupFactory(name=f"{start}SUM(A1)")
+        customer = factories.CustomerFactory(
+            reader=None,
+            group_id=group.id,
+            email=group.billing_email,
+            email_canonical=group.billing_email,
+        )
+        seats = factories.SubscriptionFactory(customer=customer, reader=None, group_id=group.id)
+        factories.InvoiceFactory(
+            subscription=seats,
+            created_at=day + timedelta(hours=n),
+            number=f"{start}{n}",
+            customer_vat_id=f"{start}BE0123",
+        )
+    session.commit()
+    report = reports.get("invoices")
+    assert report.statement is not None
+    expected = [
+        [export.format_value(v, c.kind) for v, c in zip(row, report.columns, strict=True)]
+        for row in session.execute(report.statement(NOVEMBER))
+    ]
+    session.rollback()
+
+    def foreign_settings(connection: Any, _record: Any) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SET DateStyle = 'SQL, DMY'")
+            cursor.execute("SET TimeZone = 'Pacific/Chatham'")
+        connection.commit()
+
+    engine = billing_db.engine()
+    engine.dispose()
+    event.listen(engine, "connect", foreign_settings)
+    try:
+        data = b"".join(
+            export.csv_chunks(session, report, NOVEMBER, clock.now(), export.Progress())
+        )
+    finally:
+        event.remove(engine, "connect", foreign_settings)
+        engine.dispose()
+
+    rows = _csv_rows(data)
+    written = rows[1 : rows.index([])]
+    assert len(written) == len(expected) == 3 + len(export.FORMULA_STARTS)
+    assert written == expected
+    by_gross = {row[9]: row for row in written}
+    assert by_gross["0.05"][1] == "2026-11-03 09:00:00", "seconds cut, not rounded"
+    assert by_gross["-108.00"][7:9] == ["-89.26", "-18.74"]
+    assert by_gross["1234567.89"][0].startswith("in_test"), "no number: the Stripe id"
+    guarded = [row for row in written if row[9] == "12.00"]
+    assert len(guarded) == len(export.FORMULA_STARTS)
+    assert all(row[0][0] == row[2][0] == row[5][0] == "'" for row in guarded)
+
+
+@pytest.mark.postgres_only
+def test_on_postgresql_the_rows_and_the_totals_of_an_export_see_the_same_invoices(
+    app: Flask, session: Session, clock: FixedClock
+) -> None:
+    """An invoice committed while the export streams is in neither its rows nor its totals
+    (they are read in one snapshot, on two connections at once)."""
+    if billing_db.engine().dialect.name != "postgresql":
+        pytest.fail("run with TEST_DATABASE_URL pointing at PostgreSQL (make test does)")
+    for n in range(3):
+        factories.InvoiceFactory(created_at=factories.NOW.replace(day=3 + n))
+    session.commit()
+    report = reports.get("invoices")
+    chunks = export.csv_chunks(session, report, NOVEMBER, clock.now(), export.Progress())
+
+    header = next(chunks)
+    with billing_db.new_session() as other:
+        subscription = other.scalars(select(Invoice.subscription_id)).first()
+        customer = other.scalars(select(Invoice.customer_id)).first()
+        other.execute(
+            insert(Invoice).values(
+                stripe_id="in_during_export",
+                number="TG-LATE",
+                customer_id=customer,
+                subscription_id=subscription,
+                status=InvoiceStatus.PAID,
+                currency="eur",
+                subtotal=1200,
+                tax=208,
+                total=1200,
+                amount_paid=1200,
+                created_at=factories.NOW.replace(day=10),
+            )
+        )
+        other.commit()
+    rows = _csv_rows(header + b"".join(chunks))
+
+    body = rows[1 : rows.index([])]
+    assert [r[0] for r in body if r[0] == "TG-LATE"] == []
+    assert len(body) == 3
+    assert rows[-1][0] == "Total: 3 paid" and rows[-1][9] == "36.00"
+    again = _csv_rows(
+        b"".join(export.csv_chunks(session, report, NOVEMBER, clock.now(), export.Progress()))
+    )
+    assert again[-1][0] == "Total: 4 paid", "the next export sees it"

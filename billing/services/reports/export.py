@@ -6,6 +6,10 @@
   pieces are gathered into chunks of about 64 KiB.
 - **CSV elsewhere** (SQLite, and reports built in Python): the rows are read as a stream
   (``yield_per``) and formatted by :func:`format_value`, which writes what the SQL writes.
+- **One snapshot**: on PostgreSQL an export reads its rows and its totals in one read-only
+  ``REPEATABLE READ`` snapshot (:func:`one_snapshot`), so they agree to the cent even while
+  invoices are written; the CSV's totals are read on a second connection in the same snapshot
+  while the rows stream (:func:`_in_snapshot`).
 - **XLSX**: XlsxWriter in ``constant_memory`` mode (each row is flushed to disk as it is
   written), to a temporary file; numbers are numbers, times are times, text is never a formula.
   How each column is written is decided once per sheet (:func:`_row_writer`), so a row costs one
@@ -18,16 +22,21 @@ sections of the report. UTF-8, with the report and the range in the file name.
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import io
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import IO, Any
 
-from sqlalchemy import Numeric, String, case, cast, func, literal_column, select
+from sqlalchemy import Date, Numeric, String, case, cast, func, literal_column, select
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from billing.services.reports.base import Column, Filters, Kind, Report, Table, major
@@ -104,26 +113,84 @@ def csv_chunks(
     buffer = _Buffer()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([c.label for c in report.columns])
-    dialect = session.get_bind().dialect.name
-    if report.statement is not None and dialect == "postgresql":
-        yield from buffer.take()
-        yield from _copy_chunks(session, report, filters, progress)
-        table = report.build(session, filters, now, 0)
-    elif report.statement is not None:
-        kinds = [c.kind for c in report.columns]
-        result = session.execute(report.statement(filters).execution_options(yield_per=YIELD_PER))
-        for partition in result.partitions():
-            for row in partition:
-                writer.writerow([format_value(v, k) for v, k in zip(row, kinds, strict=True)])
-            progress.add(len(partition))
-            yield from buffer.take_if_full()
-        table = report.build(session, filters, now, 0)
-    else:
-        table = report.build(session, filters, now, None)
-        _write_rows(writer, report.columns, table.rows)
-        progress.add(len(table.rows))
+    with one_snapshot(session) as (reading, snapshot):
+        if report.statement is not None and snapshot is not None:
+            yield from buffer.take()
+            with ThreadPoolExecutor(1, thread_name_prefix="export-totals") as alongside:
+                context = contextvars.copy_context()  # the app context too, for ``build``
+                totals = alongside.submit(
+                    context.run, _in_snapshot, reading, snapshot, report, filters, now
+                )
+                yield from _copy_chunks(reading, report, filters, progress)
+                table = totals.result()
+        elif report.statement is not None:
+            kinds = [c.kind for c in report.columns]
+            result = reading.execute(
+                report.statement(filters).execution_options(yield_per=YIELD_PER)
+            )
+            for partition in result.partitions():
+                for row in partition:
+                    writer.writerow([format_value(v, k) for v, k in zip(row, kinds, strict=True)])
+                progress.add(len(partition))
+                yield from buffer.take_if_full()
+            table = report.build(reading, filters, now, 0)
+        else:
+            table = report.build(reading, filters, now, None)
+            _write_rows(writer, report.columns, table.rows)
+            progress.add(len(table.rows))
     _write_tail(writer, report.columns, table)
     yield from buffer.take()
+
+
+@contextmanager
+def one_snapshot(session: Session) -> Iterator[tuple[Session, str | None]]:
+    """Where an export reads its rows and its totals, so that they agree to the cent even while
+    invoices are being written: a session, and on PostgreSQL the id of its snapshot.
+
+    On PostgreSQL a read-only ``REPEATABLE READ`` transaction on a connection of its own (the
+    caller's session is left alone), whose snapshot is exported (``pg_export_snapshot``) so that
+    a second connection can read the very same data at the same time (:func:`_in_snapshot`), as
+    ``pg_dump --jobs`` does. Elsewhere (SQLite) the caller's session: its one transaction already
+    reads one snapshot.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        yield session, None
+        return
+    with _snapshot_connection(bind.engine) as connection:
+        snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+        with Session(bind=connection) as reading:
+            yield reading, str(snapshot)
+
+
+@contextmanager
+def _snapshot_connection(engine: Engine, snapshot: str | None = None) -> Iterator[Connection]:
+    """A connection in a read-only ``REPEATABLE READ`` transaction, taking ``snapshot`` if given;
+    rolled back at the end (it wrote nothing)."""
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="REPEATABLE READ")
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        if snapshot is not None:
+            if not _SNAPSHOT_ID.fullmatch(snapshot):
+                raise ValueError(f"not a PostgreSQL snapshot id: {snapshot!r}")
+            connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        try:
+            yield connection
+        finally:
+            connection.rollback()
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+
+def _in_snapshot(
+    reading: Session, snapshot: str, report: Report, filters: Filters, now: datetime
+) -> Table:
+    """The report's totals (its ``build`` without rows), read on another connection in the
+    export's snapshot while the export streams its rows: they see exactly the same invoices."""
+    engine = reading.get_bind().engine
+    with _snapshot_connection(engine, snapshot) as connection, Session(bind=connection) as own:
+        return report.build(own, filters, now, 0)
 
 
 def _write_rows(writer: Any, columns: Sequence[Column], rows: Iterable[tuple[Any, ...]]) -> None:
@@ -164,13 +231,19 @@ class _Buffer(io.StringIO):
 
 
 def _sql_format(column: Any, kind: Kind) -> Any:
-    """The SQL that writes ``column`` as :func:`format_value` does."""
+    """The SQL that writes ``column`` as :func:`format_value` does.
+
+    PostgreSQL's own output writes the values, which is several times faster than ``to_char``
+    or ``round``: with ``DateStyle`` ISO (set by :func:`_copy_chunks`) a ``timestamp`` is
+    written ``2026-01-31 09:00:00`` and a ``date`` ``2026-01-31``; an integer times the numeric
+    ``0.01`` is exact and has two decimals (``1234`` is ``12.34``, ``-5`` is ``-0.05``).
+    """
     if kind == Kind.MONEY:
-        return func.round(cast(column, Numeric) / 100, 2)
+        return column * _HUNDREDTH
     if kind == Kind.DATETIME:
-        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS")
+        return func.date_trunc("second", func.timezone("UTC", column))
     if kind == Kind.DATE:
-        return func.to_char(column, "YYYY-MM-DD")
+        return cast(column, Date)
     if kind == Kind.PERCENT:
         return func.round(cast(column, Numeric) * 100, 2)
     if kind in (Kind.INT, Kind.DECIMAL):
@@ -194,12 +267,17 @@ def copy_sql(session: Session, report: Report, filters: Filters) -> tuple[str, d
 
 
 def _guarded(column: Any) -> Any:
-    """Text that a spreadsheet would take for a formula gets a leading ``'``, in SQL."""
+    """Text that a spreadsheet would take for a formula gets a leading ``'``, in SQL (by the
+    code point of its first character: integers compare faster than one-character texts)."""
     text = cast(column, String)
     return case(
-        (func.substr(text, 1, 1).in_(list(FORMULA_STARTS)), literal_column("''''") + text),
+        (func.ascii(text).in_(_FORMULA_CODES), literal_column("''''") + text),
         else_=text,
     )
+
+
+_HUNDREDTH = literal_column("0.01", Numeric)
+_FORMULA_CODES: list[Any] = [literal_column(str(ord(start))) for start in FORMULA_STARTS]
 
 
 def _copy_chunks(
@@ -208,20 +286,19 @@ def _copy_chunks(
     sql, params = copy_sql(session, report, filters)
     connection = session.connection().connection.driver_connection
     assert connection is not None
-    pending: list[bytes] = []
-    size = 0
-    with connection.cursor() as cursor, cursor.copy(sql, params) as copy:
-        for data in copy:
-            piece = bytes(data)
-            pending.append(piece)
-            size += len(piece)
-            if size >= CHUNK_BYTES:
-                chunk = b"".join(pending)
-                progress.add(chunk.count(b"\n"))
-                yield chunk
-                pending, size = [], 0
+    pending = bytearray()
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        with cursor.copy(sql, params) as copy:
+            for data in copy:  # a row each time, in a view valid until the next
+                pending += data
+                if len(pending) >= CHUNK_BYTES:
+                    chunk = bytes(pending)
+                    pending.clear()
+                    progress.add(chunk.count(b"\n"))
+                    yield chunk
     if pending:
-        chunk = b"".join(pending)
+        chunk = bytes(pending)
         progress.add(chunk.count(b"\n"))
         yield chunk
 
@@ -327,20 +404,23 @@ def write_xlsx(
     sheet = workbook.add_worksheet(report.title[:31])
     row_number = _xlsx_header(sheet, report.columns, bold)
     write = _row_writer(sheet, report.columns, styles)
-    if report.statement is not None:
-        result = session.execute(report.statement(filters).execution_options(yield_per=YIELD_PER))
-        for partition in result.partitions():
-            for found in partition:
-                write(row_number, found)
+    with one_snapshot(session) as (reading, _snapshot):
+        if report.statement is not None:
+            result = reading.execute(
+                report.statement(filters).execution_options(yield_per=YIELD_PER)
+            )
+            for partition in result.partitions():
+                for found in partition:
+                    write(row_number, found)
+                    row_number += 1
+                progress.add(len(partition))
+            table = report.build(reading, filters, now, 0)
+        else:
+            table = report.build(reading, filters, now, None)
+            for row in table.rows:
+                write(row_number, row)
                 row_number += 1
-            progress.add(len(partition))
-        table = report.build(session, filters, now, 0)
-    else:
-        table = report.build(session, filters, now, None)
-        for row in table.rows:
-            write(row_number, row)
-            row_number += 1
-        progress.add(len(table.rows))
+            progress.add(len(table.rows))
     if table.totals:
         row_number += 1
         write_total = _row_writer(sheet, report.columns, styles, bold)

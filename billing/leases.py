@@ -8,8 +8,8 @@ Both tables carry ``status``, ``attempts``, ``next_attempt_at``, ``locked_until`
    ``FOR UPDATE SKIP LOCKED``, so concurrent workers take disjoint batches without waiting; on
    SQLite the database's single writer has the same effect. Counting the attempt here, in its own
    commit, means even a worker killed by the row (out of memory, SIGKILL) uses an attempt up.
-2. :func:`hold` starts the handling transaction by locking the row again, only if the worker
-   still holds it. A row whose worker died is claimable again once its lease has expired; while a
+2. :func:`hold` starts the handling transaction by locking (and loading) the row again, only if
+   the worker still holds it. A row whose worker died is claimable again once its lease has expired; while a
    live worker handles it, the row lock of :func:`hold` keeps every other worker off it.
 """
 
@@ -112,16 +112,17 @@ def _take(
     return sorted(session.scalars(statement).all())
 
 
-def hold(session: Session, model: Any, row_id: int, worker: str, done: Sequence[Any]) -> bool:
+def hold(session: Session, model: Any, row_id: int, worker: str, done: Sequence[Any]) -> Any:
     """Lock the row for this transaction if ``worker`` still holds its claim and it is not in a
-    ``done`` status; ``False`` when another worker took it over or finished it."""
-    result = session.execute(
+    ``done`` status, and load it in the same statement (``UPDATE ... RETURNING``): the row, or
+    ``None`` when another worker took it over or finished it."""
+    return session.scalars(
         update(model)
         .where(model.id == row_id, model.locked_by == worker, model.status.not_in(done))
         .values(locked_by=worker)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        .returning(model)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
 
 
 def release(

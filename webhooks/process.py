@@ -62,10 +62,10 @@ def _process(event_id: int, gateway: Any, worker: str, policy: RetryPolicy) -> t
     session = db.new_session()
     event_type = "unknown"
     try:
-        if not store.hold(session, event_id, worker):
+        row = store.hold(session, event_id, worker)
+        if row is None:
             session.rollback()
             return event_type, Outcome.DUPLICATE
-        row = session.get_one(WebhookEvent, event_id)
         event_type = row.type
         registration = handler_for(row.type)
         if registration is None:

@@ -106,9 +106,9 @@ def claim_for_replay(
     )
 
 
-def hold(session: Session, event_id: int, worker: str) -> bool:
-    """Lock the claimed event for its handling transaction (``False``: no longer ours)."""
-    return leases.hold(session, WebhookEvent, event_id, worker, DONE)
+def hold(session: Session, event_id: int, worker: str) -> WebhookEvent | None:
+    """Lock and load the claimed event for its handling transaction (``None``: no longer ours)."""
+    return cast(WebhookEvent | None, leases.hold(session, WebhookEvent, event_id, worker, DONE))
 
 
 def mark(

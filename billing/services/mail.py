@@ -187,10 +187,10 @@ def deliver_claimed(
     """Send the mail ``worker`` claimed and record the outcome; ``None`` if it was no longer
     ``worker``'s to send. Commits."""
     now = current_clock().now()
-    if not leases.hold(session, OutboxMessage, mail_id, worker, DONE):
+    row: OutboxMessage | None = leases.hold(session, OutboxMessage, mail_id, worker, DONE)
+    if row is None:
         session.rollback()
         return None
-    row = session.get_one(OutboxMessage, mail_id)
     mail = Mail(to=row.to, subject=row.subject, body=row.body, html=row.html)
     sender = str(getattr(backend, "sender", "") or current_app.config["MAIL_FROM"])
     try:

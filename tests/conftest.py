@@ -124,6 +124,8 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
             yield application
         factories.bind(None)
         test_session.rollback()
+        # visits still waiting would be written at exit, into a database gone by then
+        application.extensions["ip_sessions"].flush()
         _empty_tables(billing_db.engine())
     billing_db.dispose(application)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, Response, abort, render_template, request
 from sqlalchemy import func, select
 
 from billing import db
@@ -10,6 +10,11 @@ from billing.models import OutboxMessage
 
 bp = Blueprint("dev", __name__, url_prefix="/dev")
 PAGE_SIZE = 20
+HTML_MAIL_POLICY = (
+    "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data: https:"
+)
+"""A mail's HTML is shown as its own document, sandboxed: no script, form or navigation of ours
+runs in it, and it loads nothing but its styles and images (as a mail client would)."""
 
 
 @bp.get("/outbox")
@@ -32,4 +37,17 @@ def outbox() -> str:
     total = db.session().scalar(count) or 0
     return render_template(
         "dev/outbox.html", messages=messages, to=to, page=page, pages=max(1, -(-total // PAGE_SIZE))
+    )
+
+
+@bp.get("/outbox/<int:mail_id>.html")
+def outbox_html(mail_id: int) -> Response:
+    """The HTML part of one mail, as a mail client would show it."""
+    message = db.session().get(OutboxMessage, mail_id)
+    if message is None or not message.html:
+        abort(404)
+    return Response(
+        message.html,
+        mimetype="text/html",
+        headers={"Content-Security-Policy": HTML_MAIL_POLICY},
     )

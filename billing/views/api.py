@@ -135,14 +135,14 @@ def requires(scope: str, *, query: tuple[str, ...] = ()) -> Callable[[View], Vie
 
 
 def _only_query(allowed: tuple[str, ...]) -> None:
-    for name in request.args:
+    for name, values in request.args.lists():
         if name not in allowed:
             expected = ", ".join(allowed) if allowed else "no query parameters"
             raise ValidationFailed(
                 f"Unknown query parameter {name!r}; this operation takes {expected}.",
                 field=name or None,
             )
-        if len(request.args.getlist(name)) > 1:
+        if len(values) > 1:
             raise ValidationFailed(f"Give the query parameter {name!r} once.", field=name)
 
 

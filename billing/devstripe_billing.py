@@ -14,8 +14,12 @@ reference, so the pages are tested as they will look in production:
   whose lines add up to less than zero (a switch to a cheaper plan, whose unused time is worth
   more than the new price) is paid with ``amount_due`` 0 and its remainder becomes credit; the
   customer's credit pays the next invoices first. localstripe took a credit off an invoice but
-  never wrote what was left back to the customer, so every credit was lost. (localstripe's own
-  ``total`` stays what is charged, never below zero; Stripe's ``total`` may be negative.)
+  never wrote what was left back to the customer, so every credit was lost.
+- **Invoice total.** Stripe's ``total`` is what the lines come to with their tax, before any
+  credit, and is negative for an invoice that credits the customer; what is charged is
+  ``amount_due`` (never below zero). localstripe answered its charged amount as ``total`` too, so
+  a credit invoice said ``total`` 0 with a negative ``tax``, and a paid-by-credit one ``total`` 0.
+  The API now answers Stripe's ``total`` (localstripe keeps charging ``amount_due``).
 - **The card form.** Stripe.js accepts the card number with spaces (as printed on the card and in
   the README); localstripe refused anything but 16 bare digits with "Bad request", and its card
   element jumped to the expiry after 16 characters, spaces counted. Spaces and dashes are
@@ -170,7 +174,8 @@ def lines_with_tax(invoice: Any) -> int:
 
 
 def install(resources: Any, server: Any) -> None:
-    """Add invoice numbers, hosted pages, PDFs, credit balances and card checks to localstripe."""
+    """Add invoice numbers, hosted pages, PDFs, credit balances, Stripe's invoice total and card
+    checks to localstripe."""
     from aiohttp import web
 
     Customer, Invoice, PaymentMethod = (
@@ -200,6 +205,14 @@ def install(resources: Any, server: Any) -> None:
         customer.account_balance = max(0, self.starting_balance - lines_with_tax(self))
 
     Invoice._finalize = finalize
+    original_export = Invoice._export
+
+    def export(self: Any, expand: Any = None) -> dict[str, Any]:
+        exported: dict[str, Any] = original_export(self, expand=expand)
+        exported["total"] = lines_with_tax(self)
+        return exported
+
+    Invoice._export = export
     Invoice._devstripe_number = None
     Invoice.number = property(lambda self: self._devstripe_number)
     Invoice.applied_credit = property(

@@ -22,6 +22,7 @@ from billing.gateway import GatewayError, StripeGateway
 from billing.models import Customer, Invoice, InvoiceStatus, Plan, Reader
 from billing.services import notices, payments
 from billing.worker import Worker
+from tests.helpers import login
 from tests.payments_support import (
     MASTERCARD,
     forget_the_mirror,
@@ -251,6 +252,9 @@ def test_a_switch_back_to_monthly_with_vat_inside_leaves_the_credit_the_preview_
     assert customer.credit == back.credit_after
     credit_note = session.scalars(select(Invoice).order_by(Invoice.id.desc())).first()
     assert credit_note is not None and credit_note.tax < 0, "a credit gives back the VAT in it"
+    assert credit_note.total == -back.credit_after, "Stripe's total of a credit is negative"
+    assert (credit_note.amount_paid, credit_note.status) == (0, InvoiceStatus.PAID)
+    assert credit_note.total - credit_note.tax < 0, "its net is a credit too"
     assert only_subscription(session).plan.code == MONTHLY
 
 
@@ -356,6 +360,7 @@ def test_the_next_invoice_uses_the_credit_first_and_keeps_the_rest(
     assert again.subscription is not None
     newest = gateway.list_invoices(subscription_id=again.subscription.stripe_id)[0]
     assert (newest.amount_due, newest.status) == (0, "paid"), "paid from the credit"
+    assert newest.total == 1200, "the total is the invoice's, before the credit pays it"
     assert gateway.retrieve_customer(customer_id).balance == -(10800 - 1200)
 
 
@@ -459,3 +464,23 @@ def test_reconciling_old_invoices_into_an_empty_mirror_mails_no_receipts(
     Worker(app).run_once()
     receipts = [m for m in collector.messages() if m["Subject"].startswith("Your receipt")]
     assert len(receipts) == 1, "an old payment seen again is not receipted again"
+
+
+def test_the_invoices_page_shows_a_credit_invoice_as_a_credit(
+    app: Flask, reader: Reader, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    now = clock.now()
+    payments.subscribe(session, gateway, reader, MONTHLY, now=now)
+    payments.switch_plan(session, gateway, reader, YEARLY, now=now)
+    payments.switch_plan(session, gateway, reader, MONTHLY, now=now)
+    session.commit()
+    client = app.test_client()
+    login(client, reader)
+
+    page = client.get("/account/invoices").get_data(as_text=True)
+
+    amounts = [
+        re.sub(r"<[^>]+>", "", a).strip() for a in re.findall(r"data-amount>(.*?)</td>", page)
+    ]
+    assert amounts[0] == "-€108.00 (credit)", "the newest: the unused year, less the month"
+    assert "(credit)" not in " ".join(amounts[1:])

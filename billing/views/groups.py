@@ -15,6 +15,7 @@ from flask import (
     current_app,
     flash,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -371,17 +372,42 @@ def _act(group: Group, action: Any, done: str) -> ResponseReturnValue:
     return redirect(url_for("groups.show", public_id=group.public_id))
 
 
+def _submit(group: Group, form: Any, name: str, action: Any, field: Any = None) -> Any:
+    """Validate ``form`` (a form of the group page, passed to it as ``name``), run
+    ``action(session, now)`` and commit; what the action returned.
+
+    An invalid form, or the service's refusal (shown on ``field``, else on the field the error
+    names), answers the group page again with the errors, by aborting with it; a refusal that
+    belongs to no field is flashed on the group page instead.
+    """
+    if not form.validate_on_submit():
+        abort(make_response(_render_show(group, 400, **{name: form})))
+    session = db.session()
+    try:
+        done = action(session, current_clock().now())
+    except DomainError as error:
+        session.rollback()
+        shown_on = field if field is not None else getattr(form, error.field or "", None)
+        if shown_on is None:
+            flash(error.message, "error")
+            abort(redirect(url_for("groups.show", public_id=group.public_id)))
+        shown_on.errors = [error.message]
+        abort(make_response(_render_show(group, error.status, **{name: form})))
+    session.commit()
+    return done
+
+
 @bp.post("/groups/<public_id>/invites")
 @login_required
 def invite(public_id: str) -> ResponseReturnValue:
     """Invite one or many addresses; each is reported back."""
     group = _my_group(public_id)
-    session, now = db.session(), current_clock().now()
     form = InviteForm()
-    if not form.validate_on_submit():
-        return _render_show(group, 400, invite_form=form)
-    try:
-        report = groups.invite(
+    report = _submit(
+        group,
+        form,
+        "invite_form",
+        lambda session, now: groups.invite(
             session,
             group,
             guards.reader(),
@@ -390,12 +416,9 @@ def invite(public_id: str) -> ResponseReturnValue:
             base_url=current_app.config["PUBLIC_BASE_URL"],
             rules=_rules(),
             now=now,
-        )
-    except DomainError as error:
-        session.rollback()
-        form.emails.errors = [error.message]
-        return _render_show(group, error.status, invite_form=form)
-    session.commit()
+        ),
+        form.emails,
+    )
     return _render_show(group, 200 if report.sent else 400, report=report)
 
 
@@ -597,12 +620,12 @@ def group_vat_words(country: str, rate: Decimal, kind: TaxKind) -> str:
 def tax_details(public_id: str) -> ResponseReturnValue:
     """Change the organisation's country and VAT number; they apply from its next invoice."""
     group = _admin_group(public_id)
-    session, now = db.session(), current_clock().now()
     form = TaxDetailsForm()
-    if not form.validate_on_submit():
-        return _render_show(group, 400, tax_form=form)
-    try:
-        change = group_vat.change_group_tax(
+    change = _submit(
+        group,
+        form,
+        "tax_form",
+        lambda session, now: group_vat.change_group_tax(
             session,
             _gateway(),
             group,
@@ -611,16 +634,8 @@ def tax_details(public_id: str) -> ResponseReturnValue:
             vat_id=form.vat_id.data or "",
             now=now,
             settings=taxes.current_settings(),
-        )
-    except DomainError as error:
-        session.rollback()
-        field = getattr(form, error.field or "", None)
-        if field is None:
-            flash(error.message, "error")
-            return redirect(url_for("groups.show", public_id=group.public_id))
-        field.errors = [error.message]
-        return _render_show(group, error.status, tax_form=form)
-    session.commit()
+        ),
+    )
     flash(_tax_change_message(change), "success" if change.changed else "info")
     return redirect(url_for("groups.show", public_id=group.public_id))
 
@@ -647,17 +662,16 @@ def _tax_change_message(change: group_vat.GroupTaxChange) -> str:
 def add_domain(public_id: str) -> ResponseReturnValue:
     """Ask for an e-mail domain to be allowed (staff approve it)."""
     group = _my_group(public_id)
-    session, now = db.session(), current_clock().now()
     form = DomainForm()
-    if not form.validate_on_submit():
-        return _render_show(group, 400, domain_form=form)
-    try:
-        groups.add_domain(session, group, guards.reader(), form.domain.data, now=now)
-    except DomainError as error:
-        session.rollback()
-        form.domain.errors = [error.message]
-        return _render_show(group, error.status, domain_form=form)
-    session.commit()
+    _submit(
+        group,
+        form,
+        "domain_form",
+        lambda session, now: groups.add_domain(
+            session, group, guards.reader(), form.domain.data, now=now
+        ),
+        form.domain,
+    )
     flash("Domain registered: it takes effect once our staff approve it.")
     return redirect(url_for("groups.show", public_id=group.public_id))
 
@@ -679,12 +693,12 @@ def remove_domain(public_id: str, domain_id: int) -> ResponseReturnValue:
 def add_range(public_id: str) -> ResponseReturnValue:
     """Register an office network (staff approve it)."""
     group = _my_group(public_id)
-    session, now = db.session(), current_clock().now()
     form = RangeForm()
-    if not form.validate_on_submit():
-        return _render_show(group, 400, range_form=form)
-    try:
-        groups.add_ip_range(
+    _submit(
+        group,
+        form,
+        "range_form",
+        lambda session, now: groups.add_ip_range(
             session,
             group,
             guards.reader(),
@@ -692,12 +706,9 @@ def add_range(public_id: str) -> ResponseReturnValue:
             label=form.label.data or "",
             rules=_rules(),
             now=now,
-        )
-    except DomainError as error:
-        session.rollback()
-        form.cidr.errors = [error.message]
-        return _render_show(group, error.status, range_form=form)
-    session.commit()
+        ),
+        form.cidr,
+    )
     flash("Network registered: it takes effect once our staff approve it.")
     return redirect(url_for("groups.show", public_id=group.public_id))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -24,6 +24,9 @@ from billing.models import (
 from billing.services import audit
 from billing.services.group_networks import bounds, parse_network
 from billing.services.groups_seats import GroupRules, claim_seat, require_admin
+
+ClaimT = TypeVar("ClaimT", GroupDomain, GroupIPRange)
+"""A group's claim on its readers: an e-mail domain or an office network."""
 
 WEBMAIL_DOMAINS = frozenset(
     {
@@ -95,11 +98,7 @@ def remove_domain(
     session: Session, group: Group, admin: Reader, domain_id: int, *, now: datetime
 ) -> None:
     """Stop allowing a domain (members who joined by it keep their seat)."""
-    require_admin(session, group, admin)
-    entry = session.get(GroupDomain, domain_id)
-    if entry is None or entry.group_id != group.id:
-        raise NotFound("No such domain.")
-    session.delete(entry)
+    entry = _remove_claim(session, group, admin, GroupDomain, domain_id, "domain")
     audit.record(
         session,
         now=now,
@@ -220,11 +219,7 @@ def remove_ip_range(
     session: Session, group: Group, admin: Reader, range_id: int, *, now: datetime
 ) -> None:
     """Unregister an office network (its visitors lose access at once)."""
-    require_admin(session, group, admin)
-    entry = session.get(GroupIPRange, range_id)
-    if entry is None or entry.group_id != group.id:
-        raise NotFound("No such range.")
-    session.delete(entry)
+    entry = _remove_claim(session, group, admin, GroupIPRange, range_id, "range")
     audit.record(
         session,
         now=now,
@@ -233,6 +228,24 @@ def remove_ip_range(
         target=group,
         details={"cidr": entry.cidr},
     )
+
+
+def _remove_claim(
+    session: Session,
+    group: Group,
+    admin: Reader,
+    model: type[ClaimT],
+    claim_id: int,
+    what: str,
+) -> ClaimT:
+    """Delete one of ``group``'s claims (a domain or an office range, by id) for its admin; the
+    deleted row. ``NotFound`` (``No such {what}.``) for another group's or a missing one."""
+    require_admin(session, group, admin)
+    entry = session.get(model, claim_id)
+    if entry is None or entry.group_id != group.id:
+        raise NotFound(f"No such {what}.")
+    session.delete(entry)
+    return entry
 
 
 def pending_approvals(session: Session) -> tuple[list[GroupDomain], list[GroupIPRange]]:

@@ -26,6 +26,7 @@ from billing.gateway import StripeGateway
 from billing.models import (
     Customer,
     EntitlementChange,
+    Group,
     Invoice,
     Plan,
     Reader,
@@ -36,7 +37,7 @@ from billing.models import (
     WebhookEvent,
     WebhookEventStatus,
 )
-from billing.services import payments
+from billing.services import groups, payments
 from tests import factories
 from tests.stripe_server import LocalstripeServer
 from webhooks.verify import sign
@@ -63,6 +64,35 @@ def plans_on_sale(session: Session, gateway: StripeGateway) -> dict[str, Plan]:
     payments.sync_plans(session, gateway)
     session.commit()
     return {plan.code: plan for plan in session.scalars(select(Plan))}
+
+
+def ministry_group(
+    session: Session,
+    gateway: StripeGateway,
+    admin: Reader,
+    *,
+    country: str = "DE",
+    vat_id: str = "",
+    by_invoice: bool,
+    rules: groups.GroupRules,
+    now: datetime,
+) -> Group:
+    """Example Ministry (German, without a VAT number unless told), 3 seats billed to
+    accounts@ministry.example, ordered by ``admin`` as the order form does (by card: not paid
+    yet; by invoice: running, its first invoice open)."""
+    return groups.create_group(
+        session,
+        gateway,
+        admin,
+        name="Example Ministry",
+        billing_email="accounts@ministry.example",
+        country=country,
+        vat_id=vat_id,
+        seats=3,
+        by_invoice=by_invoice,
+        rules=rules,
+        now=now,
+    )
 
 
 def reader_with_card(

@@ -31,6 +31,7 @@ from billing.services.vat import (
 from tests import factories
 from tests.payments_support import (
     expected_tax,
+    ministry_group,
     only_subscription,
     plans_on_sale,
     reader_with_card,
@@ -502,15 +503,12 @@ def test_an_organisations_stripe_customer_is_tax_exempt_reverse_only_when_revers
     admin = factories.reader(email="boss@ministry.example")
     session.flush()
 
-    group = groups.create_group(
+    group = ministry_group(
         session,
         gateway,
         admin,
-        name="Example Ministry",
-        billing_email="accounts@ministry.example",
         country=country,
         vat_id=vat_id,
-        seats=3,
         by_invoice=False,
         rules=groups.GroupRules.from_config(app.config),
         now=clock.now(),

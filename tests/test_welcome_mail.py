@@ -24,6 +24,7 @@ from tests.payments_support import (
     DECLINED_ON_CHARGE,
     VISA,
     event,
+    ministry_group,
     only_subscription,
     plans_on_sale,
     reader_with_card,
@@ -221,15 +222,10 @@ def test_a_groups_first_payment_confirmed_with_3d_secure_welcomes_nobody(
     admin: Reader = factories.reader(email="boss@ministry.example")
     session.commit()
     rules = groups.GroupRules.from_config(app.config)
-    group = groups.create_group(
+    group = ministry_group(
         session,
         gateway,
         admin,
-        name="Example Ministry",
-        billing_email="accounts@ministry.example",
-        country="DE",
-        vat_id="",
-        seats=3,
         by_invoice=False,
         rules=rules,
         now=clock.now(),

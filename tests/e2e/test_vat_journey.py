@@ -1,5 +1,6 @@
 """VAT in a real browser against localstripe: the same price in Germany and in Belgium, different
-VAT inside; a card from another country makes the reader say where they live."""
+VAT inside; a card from another country makes the reader say where they live; an organisation's
+admin changes its country and VAT number, and a wrong number is refused next to its field."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
 from billing.gateway import StripeGateway
-from billing.models import Invoice
+from billing.models import AuditLog, Customer, Group, Invoice, Subscription
+from billing.services import groups
+from billing.views.payments import long_date
 from tests import factories
 from tests.browser import LiveServer
 from tests.e2e.test_subscribe_journey import DONE_URL, fill_card, log_in
+from tests.payments_support import ministry_group, plans_on_sale
 from tests.stripe_server import LocalstripeServer
+from tests.test_group_vat import stripe_tax_ids
 from tests.test_views_payments import create_plans
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("stripe")]
@@ -29,6 +34,10 @@ Screenshot = Callable[[Page, str], Path]
 GERMAN_CARD = "4000002760000016"
 BELGIAN_CARD = "4000000560000004"
 FRENCH_CARD = "4000002500000003"
+AUSTRIAN_VAT_ID = "ATU13585627"
+WRONG_CHECK_DIGIT = "NL004495446B01"
+IN_AUSTRIA = ("AT", AUSTRIAN_VAT_ID, AUSTRIAN_VAT_ID, "AT", "reverse", [AUSTRIAN_VAT_ID])
+"""What :func:`tax_details_everywhere` finds for an organisation reverse-charged in Austria."""
 
 
 @pytest.fixture
@@ -154,3 +163,99 @@ def test_a_reader_who_moved_changes_their_country_and_is_told_from_when_it_appli
     screenshot(page, "change-country-done")
     page.goto("/account/invoices")
     expect(page.locator("[data-vat]")).to_have_text("€0.79 (7% DE)")  # issued: keeps its VAT
+
+
+def tax_details_everywhere(
+    session: Session,
+    gateway: StripeGateway,
+    stripe: LocalstripeServer,
+    group: Group,
+    customer: Customer,
+) -> tuple[Any, ...]:
+    """The organisation's country and VAT number as stored, its customer's VAT number, and on
+    Stripe the customer's country, ``tax_exempt`` and tax ids."""
+    session.expire_all()
+    on_stripe = gateway.retrieve_customer(customer.stripe_id)
+    return (
+        group.country,
+        group.vat_id,
+        customer.vat_id,
+        on_stripe.country,
+        on_stripe.tax_exempt,
+        stripe_tax_ids(stripe, customer),
+    )
+
+
+def test_a_group_admin_changes_the_country_and_vat_number_and_a_wrong_number_changes_nothing(
+    live_server: LiveServer,
+    page: Page,
+    session: Session,
+    gateway: StripeGateway,
+    stripe: LocalstripeServer,
+    clock: FixedClock,
+    screenshot: Screenshot,
+) -> None:
+    plans_on_sale(session, gateway)
+    admin = factories.reader(email="boss@ministry.example", name="The Boss")
+    session.commit()
+    group = ministry_group(
+        session,
+        gateway,
+        admin,
+        by_invoice=True,
+        rules=groups.GroupRules.from_config(live_server.app.config),
+        now=clock.now(),
+    )
+    session.commit()
+    renews = long_date(session.scalars(select(Subscription)).one().current_period_end)
+    customer = session.scalars(select(Customer).where(Customer.group_id == group.id)).one()
+    in_germany = ("DE", None, None, "DE", "none", [])
+    assert tax_details_everywhere(session, gateway, stripe, group, customer) == in_germany
+
+    log_in(page, "boss@ministry.example")
+    page.goto(f"/groups/{group.public_id}")
+    taxed = page.locator("[data-tax-now]")
+    expect(taxed).to_have_attribute("data-tax-now", "oss")
+    expect(taxed).to_contain_text("Example Ministry is in Germany, without a VAT number")
+    country = page.get_by_label("Country", exact=True)
+    vat_id = page.get_by_label("VAT number (empty: none)")
+    expect(country).to_have_value("DE")
+    country.select_option("AT")
+    vat_id.fill("atu 135 856 27")
+    screenshot(page, "tax-form")
+    page.get_by_role("button", name="Save country and VAT number").click()
+
+    expect(page.locator(".flash-success")).to_have_text(
+        f"Saved. From your next invoice, on {renews}, your seats are invoiced with reverse charge "
+        "(0 % VAT: you account for it) instead of Germany's VAT of 7 % on top of the net price. "
+        "Invoices already issued keep their VAT."
+    )
+    expect(taxed).to_have_attribute("data-tax-now", "reverse_charge")
+    expect(taxed).to_contain_text(
+        f"Example Ministry is in Austria with the VAT number {AUSTRIAN_VAT_ID}"
+    )
+    expect(country).to_have_value("AT")
+    expect(vat_id).to_have_value(AUSTRIAN_VAT_ID)
+    assert tax_details_everywhere(session, gateway, stripe, group, customer) == IN_AUSTRIA
+
+    country.select_option("NL")
+    vat_id.fill(WRONG_CHECK_DIGIT)
+    page.get_by_role("button", name="Save country and VAT number").click()
+
+    expect(vat_id).to_have_attribute("aria-invalid", "true")
+    error = page.locator("[data-field=vat_id]")
+    expect(error).to_have_text(
+        f"{WRONG_CHECK_DIGIT!r} is not a valid EU VAT number "
+        "(The number's checksum or check digit is invalid.)."
+    )
+    expect(vat_id).to_have_accessible_description(re.compile("is not a valid EU VAT number"))
+    expect(vat_id).to_have_value(WRONG_CHECK_DIGIT)
+    expect(country).to_have_value("NL")
+    expect(taxed).to_contain_text(
+        f"Example Ministry is in Austria with the VAT number {AUSTRIAN_VAT_ID}"
+    )
+    expect(page.locator(".flash")).to_have_count(0)
+    screenshot(page, "tax-error")
+    assert tax_details_everywhere(session, gateway, stripe, group, customer) == IN_AUSTRIA
+    changes = session.scalars(select(AuditLog).where(AuditLog.action == "group.tax_changed"))
+    assert [c.details["country_after"] for c in changes] == ["AT"]

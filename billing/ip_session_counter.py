@@ -156,6 +156,12 @@ def init_app(app: Flask) -> None:
     )
     app.extensions["ip_sessions"] = counter
     atexit.register(_flush_at_exit, weakref.ref(counter))
+    flush_after_responses(app)
+
+
+def flush_after_responses(app: Flask) -> None:
+    """Have every response of ``app`` (the main app, and the API's own app that shares its
+    counter) write the waiting visits once their interval is over."""
     app.after_request(_flush_after_any_response)
 
 

@@ -232,6 +232,30 @@ def test_the_last_visit_before_a_quiet_spell_is_written_by_the_next_request_of_a
     assert len(ip_session_counter.current()) == 0
 
 
+def test_a_content_site_check_of_a_reader_writes_the_waiting_visits_once_due(
+    app: Flask,
+    session: Session,
+    client: FlaskClient,
+    clock: FixedClock,
+    api_key: str,
+    monotonic: FakeMonotonic,
+) -> None:
+    """The API is an app of its own: its responses write what is waiting too, so a node that
+    only answers the content site does not keep visits until it exits."""
+    group = _office(session, clock)
+    reader = factories.reader()
+    headers = {"Authorization": f"Bearer {api_key}"}
+    _visit(client, api_key, "81.2.69.1").close()
+
+    monotonic.value += 60
+    check = client.get(f"/api/v1/readers/{reader.public_id}/entitlement", headers=headers)
+    assert check.status_code == 200
+    check.close()
+
+    assert _sessions(session) == {(group.id, TODAY): 1}
+    assert len(ip_session_counter.current()) == 0
+
+
 def test_a_failed_write_keeps_the_visits_for_the_next_flush(
     app: Flask, session: Session, clock: FixedClock, tmp_path: Any
 ) -> None:

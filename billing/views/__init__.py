@@ -49,7 +49,7 @@ def mount_api(app: Flask) -> Flask:
     """
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-    from billing import db, errors, inputs
+    from billing import db, errors, inputs, ip_session_counter
     from billing.views import api
 
     api_app = Flask(__name__)
@@ -60,6 +60,7 @@ def mount_api(app: Flask) -> Flask:
     inputs.init_app(api_app, json_api=True)
     api_app.register_blueprint(api.bp)
     api_app.teardown_appcontext(db.close_session)
+    ip_session_counter.flush_after_responses(api_app)
     errors.init_app(api_app)
     app.extensions["api_app"] = api_app
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {API_PREFIX: api_app})  # type: ignore[method-assign]

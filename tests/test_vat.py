@@ -165,9 +165,10 @@ def test_a_business_whose_vat_id_vies_rejects_is_taxed_like_a_consumer_of_its_co
 @pytest.mark.parametrize(
     ("vat_id", "why"),
     [
-        ("DE123", "invalid length"),
-        ("DE136695978", "check digit"),
-        ("XX123456789", "not a valid EU VAT number"),
+        ("DE123", "“DE123” is not a valid EU VAT number: it has too many or too few"),
+        ("DE136695978", "its check digit is wrong"),
+        ("XX123456789", "not start with the two letters of an EU member state"),
+        ("BE0123-ABC", "it is not written as one is"),
         ("   ", "Enter a VAT number"),
     ],
 )

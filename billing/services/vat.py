@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from stdnum.eu import vat as eu_vat
+from stdnum.exceptions import InvalidChecksum, InvalidComponent, InvalidLength
 from stdnum.exceptions import ValidationError as StdnumValidationError
 
 from billing.errors import ValidationFailed
@@ -280,16 +281,27 @@ def normalise_vat_id(value: str, *, country: str | None = None, field: str = "va
         compact: str = eu_vat.validate(text)
     except StdnumValidationError as exc:
         raise InvalidVatIdError(
-            f"{text!r} is not a valid EU VAT number ({exc}).", field=field
+            f"“{text}” is not a valid EU VAT number: {_vat_id_problem(exc)}", field=field
         ) from exc
     issuer = vat_id_country(compact)
     if issuer not in EU_MEMBER_STATES:
-        raise InvalidVatIdError(f"{text!r} is not a VAT number of an EU member state.", field=field)
+        raise InvalidVatIdError(f"“{text}” is not a VAT number of an EU member state.", field=field)
     if country is not None and issuer != country.upper():
         raise InvalidVatIdError(
             f"{compact} is a VAT number of {issuer}, not of {country.upper()}.", field=field
         )
     return compact
+
+
+def _vat_id_problem(exc: StdnumValidationError) -> str:
+    """What python-stdnum found wrong with a VAT id, as a sentence for the person who typed it."""
+    if isinstance(exc, InvalidChecksum):
+        return "its check digit is wrong (a typing mistake?)."
+    if isinstance(exc, InvalidLength):
+        return "it has too many or too few characters for its country."
+    if isinstance(exc, InvalidComponent):
+        return "it does not start with the two letters of an EU member state (DE, FR, ...)."
+    return "it is not written as one is (the country's two letters, then the number)."
 
 
 @dataclass(frozen=True, slots=True)

@@ -245,8 +245,8 @@ def test_a_group_admin_changes_the_country_and_vat_number_and_a_wrong_number_cha
     expect(vat_id).to_have_attribute("aria-invalid", "true")
     error = page.locator("[data-field=vat_id]")
     expect(error).to_have_text(
-        f"{WRONG_CHECK_DIGIT!r} is not a valid EU VAT number "
-        "(The number's checksum or check digit is invalid.)."
+        f"“{WRONG_CHECK_DIGIT}” is not a valid EU VAT number: "
+        "its check digit is wrong (a typing mistake?)."
     )
     expect(vat_id).to_have_accessible_description(re.compile("is not a valid EU VAT number"))
     expect(vat_id).to_have_value(WRONG_CHECK_DIGIT)

@@ -576,3 +576,21 @@ def test_a_vat_number_with_wrong_check_digits_is_refused_naming_the_field(
     )
     assert review.status_code == 400
     assert session.scalars(select(Group)).first() is None
+
+
+def test_a_refused_form_far_down_the_group_page_is_named_at_its_top_with_a_link_to_its_field(
+    client: FlaskClient, session: Session, gateway: StripeGateway
+) -> None:
+    group = _group_by_invoice(client, session, gateway)
+    show = f"/groups/{group.public_id}"
+
+    refused = post_form(client, f"{show}/domains", {"domain": "gmail.com"})
+
+    html = refused.get_data(as_text=True)
+    assert refused.status_code == 400
+    start = html.index('class="form-errors error-summary"')
+    summary = html[start : html.index("</div>", start)]
+    assert start < html.index("<h2"), "above every section of the page"
+    assert 'role="alert"' in html[start - 40 : start + 80]
+    assert 'href="#domain"' in summary and "Domain: " in summary and "webmail" in summary
+    assert "error-summary" not in client.get(show).get_data(as_text=True)

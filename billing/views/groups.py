@@ -6,6 +6,7 @@ and comes back to the group's page with what happened.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -342,6 +343,7 @@ def _render_show(group: Group, status: int = 200, **forms: Any) -> ResponseRetur
         tax_words=group_vat_words(tax_now.country, tax_now.rate, tax_now.kind),
         tax_country_name=COUNTRY_NAMES.get(tax_now.country, tax_now.country),
         tax_form=tax_form,
+        problems=_problems(forms.values()),
         report=forms.get("report"),
         button=ButtonForm(),
         admin_role=MembershipRole.ADMIN,
@@ -370,6 +372,18 @@ def _act(group: Group, action: Any, done: str) -> ResponseReturnValue:
     session.commit()
     flash(done)
     return redirect(url_for("groups.show", public_id=group.public_id))
+
+
+def _problems(forms: Iterable[Any]) -> list[tuple[str, str, str]]:
+    """Each refused field of the page's submitted form: its id, label and message."""
+    return [
+        (f.id, f.label.text, message)
+        for form in forms
+        if isinstance(form, FlaskForm)
+        for f in form
+        if f.type not in ("CSRFTokenField", "HiddenField")
+        for message in f.errors
+    ]
 
 
 def _submit(group: Group, form: Any, name: str, action: Any, field: Any = None) -> Any:

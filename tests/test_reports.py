@@ -297,9 +297,11 @@ def test_the_groups_report_shows_seats_bought_used_idle_and_renewal(session: Ses
     session.add(GroupIPRange(group_id=company.group_id, cidr="192.0.2.0/24", created_at=at(9, 1)))
     session.flush()
 
-    [row] = rows(build(session, "groups", Q4))
+    table = build(session, "groups", Q4)
+    [row] = rows(table)
 
     assert (row["bought"], row["used"], row["idle"], row["ip_ranges"]) == (10, 3, 7, 1)
+    assert table.totals[0][0] == "1 group"
     assert row["utilisation"] == Decimal("0.3")
     assert row["renews"] == at(9, 1, 2027)
 

@@ -89,7 +89,7 @@ def build(session: Session, filters: Filters, now: datetime, limit: int | None) 
         )
     totals = [
         (
-            f"{len(rows)} groups",
+            f"{len(rows)} group" if len(rows) == 1 else f"{len(rows)} groups",
             None,
             None,
             None,

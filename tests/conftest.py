@@ -41,6 +41,11 @@ there) is neither isolated nor repeatable.
 """
 
 
+def real_now() -> datetime:
+    """The wall-clock time to whole seconds: localstripe stamps and signs with real time."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 def _postgres_database(admin_url: str, worker: str) -> Iterator[str]:
     """Create a database for this run on the server of ``admin_url``; drop it afterwards."""
     name = f"tollgate_test_{worker}_{uuid.uuid4().hex[:10]}"
@@ -73,8 +78,15 @@ def database_url(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> It
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    """A clock that stands still at 2026-11-25 09:00 UTC until the test moves it."""
+def clock(request: pytest.FixtureRequest) -> FixedClock:
+    """A clock that stands still at 2026-11-25 09:00 UTC until the test moves it.
+
+    In a test marked ``wall_clock`` it stands still at the real time instead, to whole seconds:
+    localstripe stamps and signs its objects with the real clock, so a test whose app talks to it
+    must start there.
+    """
+    if request.node.get_closest_marker("wall_clock") is not None:
+        return FixedClock(real_now())
     return FixedClock(START)
 
 

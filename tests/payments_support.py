@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -47,11 +47,6 @@ DECLINED_ON_CHARGE = "4000000000000341"
 DECLINED_ON_ATTACH = "4000000000000002"
 THREE_D_SECURE_THEN_DECLINED = "4000008260003178"
 WEBHOOK_SECRET = "whsec_test_payments"
-
-
-def real_now() -> datetime:
-    """The wall-clock time to whole seconds: localstripe stamps and signs with real time."""
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def plans_on_sale(session: Session, gateway: StripeGateway) -> dict[str, Plan]:

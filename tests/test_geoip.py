@@ -26,8 +26,10 @@ from billing.services.reports.base import Filters
 from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
-from tests.payments_support import plans_on_sale, real_now
+from tests.payments_support import plans_on_sale
 from tests.stripe_server import LocalstripeServer
+
+pytestmark = pytest.mark.wall_clock
 
 MONTHLY = "individual-monthly"
 GERMAN_CARD = "4000002760000016"
@@ -108,12 +110,6 @@ def test_without_the_setting_geoip_is_off() -> None:
 
 
 # --- evidence on subscribe ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture

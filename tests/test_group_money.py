@@ -28,7 +28,7 @@ from billing.services import groups, reports, stripe_mirror
 from billing.services.entitlements import Reason, decide
 from billing.services.reports.base import Filters
 from tests import factories
-from tests.conftest import Outbox, csrf_token, post_form
+from tests.conftest import Outbox, csrf_token, post_form, real_now
 from tests.payments_support import (
     DECLINED_ON_CHARGE,
     VISA,
@@ -36,21 +36,14 @@ from tests.payments_support import (
     deliver_and_handle,
     event,
     plans_on_sale,
-    real_now,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 PROCESSED = WebhookEventStatus.PROCESSED
 SEAT = 9600
 """The demo group seat: 96.00 EUR a year, net."""
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture

@@ -31,11 +31,10 @@ from tests.payments_support import (
     deliver_and_handle,
     event,
     plans_on_sale,
-    real_now,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 SEAT = 9600
 """The demo group seat: 96.00 EUR a year, net."""
@@ -44,12 +43,6 @@ GERMAN_VAT = 672
 GERMAN_VAT_ID = "DE136695976"
 UNREGISTERED_VAT_ID = "DE123456788"
 """Valid in format and check digit, but not registered (says the VIES stand-in)."""
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
 
 
 class _Vies(BaseHTTPRequestHandler):

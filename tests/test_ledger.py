@@ -20,23 +20,16 @@ from tests.payments_support import (
     only_subscription,
     plans_on_sale,
     reader_with_card,
-    real_now,
     save_card,
     wait_for,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
 FAILING_IBAN = "DE62370400440532013001"
 GOOD_IBAN = "DE89370400440532013000"
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture

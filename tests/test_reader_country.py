@@ -29,21 +29,14 @@ from tests.payments_support import (
     only_subscription,
     plans_on_sale,
     reader_with_card,
-    real_now,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
 GERMAN_CARD = "4000002760000016"
 FRENCH_CARD = "4000002500000003"
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture

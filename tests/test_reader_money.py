@@ -28,13 +28,12 @@ from tests.payments_support import (
     only_subscription,
     plans_on_sale,
     reader_with_card,
-    real_now,
     save_card,
 )
 from tests.stripe_server import LocalstripeServer
 from tests.test_smtp import Collector, smtp_server  # noqa: F401 - the SMTP server fixture
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
 GERMAN_VISA = "4000002760000016"
@@ -48,12 +47,6 @@ BRAND = {
     "PRIVACY_URL": "https://meridian.example/privacy",
     "IMPRINT_URL": "https://meridian.example/imprint",
 }
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture

@@ -38,13 +38,12 @@ from tests.payments_support import (
     plans_on_sale,
     post_event,
     reader_with_card,
-    real_now,
 )
 from tests.stripe_server import LocalstripeServer
 from webhooks.process import Outcome
 from webhooks.verify import sign
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
 SUBSCRIPTIONS = 5
@@ -56,12 +55,6 @@ BOUND = 1.0
 """The issue's bound: every delivery answered within a second. They take milliseconds on a quiet
 machine (0.22 s at most on SQLite, 0.07 s on PostgreSQL, measured with four other suites running),
 and a single call to the stalled Stripe would take ``STALL_DETECTOR`` seconds."""
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture

@@ -29,28 +29,22 @@ from billing.services.vat import (
     rate_table,
 )
 from tests import factories
+from tests.conftest import real_now
 from tests.payments_support import (
     expected_tax,
     only_subscription,
     plans_on_sale,
     reader_with_card,
-    real_now,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
 GERMAN_CARD = "4000002760000016"
 BELGIAN_CARD = "4000000560000004"
 FRENCH_CARD = "4000002500000003"
 GENERIC_CARD = "4242424242424242"  # issued in BE on the stand-in (billing.devstripe)
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture

@@ -18,20 +18,14 @@ from billing.models import Customer, Invoice, Plan, Reader, Subscription
 from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
-from tests.payments_support import plans_on_sale, real_now
+from tests.payments_support import plans_on_sale
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
 GERMAN_CARD = "4000002760000016"
 FRENCH_CARD = "4000002500000003"
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture

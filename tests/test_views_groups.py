@@ -33,16 +33,10 @@ from billing.services import api_clients, groups
 from billing.services.entitlements import Reason, decide
 from tests import factories
 from tests.conftest import Outbox, csrf_token, post_form
-from tests.payments_support import VISA, plans_on_sale, real_now
+from tests.payments_support import VISA, plans_on_sale
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 
 @pytest.fixture

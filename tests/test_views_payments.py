@@ -7,7 +7,7 @@ The card form's browser half (Stripe.js confirming a SetupIntent) is played by t
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -41,13 +41,7 @@ DECLINED_ON_CHARGE = "4000000000000341"
 MONTHLY = "individual-monthly"
 YEARLY = "individual-yearly"
 
-pytestmark = pytest.mark.usefixtures("stripe")
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(datetime.now(UTC))
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 
 @pytest.fixture

@@ -47,7 +47,6 @@ from tests.payments_support import (
     plans_on_sale,
     post_event,
     reader_with_card,
-    real_now,
     wait_for,
 )
 from tests.stripe_server import LocalstripeServer
@@ -57,7 +56,7 @@ from webhooks.registry import HANDLERS, handler_for
 
 PROCESSED = WebhookEventStatus.PROCESSED
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
 REQUIRED_TYPES = {
@@ -81,12 +80,6 @@ REQUIRED_TYPES = {
     "customer.updated",
     "customer.deleted",
 }
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe signs its deliveries with the wall clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture

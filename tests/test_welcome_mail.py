@@ -27,24 +27,17 @@ from tests.payments_support import (
     only_subscription,
     plans_on_sale,
     reader_with_card,
-    real_now,
     save_card,
 )
 from tests.stripe_server import LocalstripeServer
 from webhooks import store
 from webhooks.process import Outcome, process
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
 THREE_D_SECURE = "4000002500003155"
 """A card whose bank asks for 3-D Secure on every payment and then pays (localstripe's list)."""
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture

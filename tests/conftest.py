@@ -25,7 +25,8 @@ from billing import create_app
 from billing import db as billing_db
 from billing.clock import FixedClock
 from billing.extensions import limiter
-from billing.models import Base, OutboxMessage
+from billing.gateway import StripeGateway
+from billing.models import Base, OutboxMessage, Plan
 from tests import factories
 
 pytest_plugins = ["tests.browser", "tests.stripe_server", "tests.clock_ahead"]
@@ -117,6 +118,16 @@ def stripe(app_config: dict[str, Any], stripe_reset: Any) -> Any:
     app_config["STRIPE_JS_URL"] = f"{stripe_reset.url}/js.stripe.com/v3/"
     app_config["STRIPE_MAX_NETWORK_RETRIES"] = 0
     return stripe_reset
+
+
+@pytest.fixture
+def plans(stripe: Any, app: Flask, session: Session, gateway: StripeGateway) -> dict[str, Plan]:
+    """The demo plans (monthly 12.00, yearly 120.00, group seat 96.00 EUR), on sale in this
+    test's localstripe and mirrored."""
+    # imported here, not at the top: it imports the stripe_server plugin, which pytest must load first
+    from tests.payments_support import plans_on_sale
+
+    return plans_on_sale(session, gateway)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from billing import create_app, geoip
 from billing.clock import FixedClock
 from billing.config import ConfigError, from_env
-from billing.gateway import StripeGateway
 from billing.geoip import GeoIpDatabase
 from billing.models import Customer, Invoice, Plan, Reader
 from billing.services import reports
@@ -26,7 +25,6 @@ from billing.services.reports.base import Filters
 from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
-from tests.payments_support import plans_on_sale
 from tests.stripe_server import LocalstripeServer
 
 pytestmark = pytest.mark.wall_clock
@@ -127,12 +125,6 @@ def app_config(
     app_config["GEOIP_DATABASE"] = str(geoip_path)
     app_config["PROXY_FIX_X_FOR"] = trusted_proxies
     return app_config
-
-
-@pytest.fixture
-def plans(app: Flask, gateway: StripeGateway, session: Session) -> dict[str, Plan]:
-    """The demo plans on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 @pytest.fixture

@@ -5,20 +5,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
 from billing.gateway import StripeGateway
-from billing.models import Plan, SubscriptionEvent, SubscriptionStatus
+from billing.models import SubscriptionEvent, SubscriptionStatus
 from billing.services import payments, stripe_mirror
 from tests import factories
 from tests.payments_support import (
     DECLINED_ON_CHARGE,
     ledger,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
     save_card,
     wait_for,
@@ -30,14 +28,6 @@ pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 MONTHLY = "individual-monthly"
 FAILING_IBAN = "DE62370400440532013001"
 GOOD_IBAN = "DE89370400440532013000"
-
-
-@pytest.fixture
-def plans(
-    stripe: LocalstripeServer, app: Flask, session: Session, gateway: StripeGateway
-) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 def _subscribe_by_sepa(

@@ -40,7 +40,6 @@ from tests.payments_support import (
     event,
     ledger,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
     save_card,
 )
@@ -52,14 +51,6 @@ pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
 GRACE = timedelta(days=7)
-
-
-@pytest.fixture
-def plans(
-    stripe: LocalstripeServer, app: Flask, session: Session, gateway: StripeGateway
-) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 @pytest.fixture

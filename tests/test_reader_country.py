@@ -27,7 +27,6 @@ from tests.helpers import login
 from tests.payments_support import (
     expected_tax,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
 )
 from tests.stripe_server import LocalstripeServer
@@ -44,12 +43,6 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     """A publisher in Belgium."""
     app_config["PUBLISHER_COUNTRY"] = "BE"
     return app_config
-
-
-@pytest.fixture
-def plans(app: Flask, gateway: StripeGateway, session: Session) -> dict[str, Plan]:
-    """The demo plans (12.00 EUR a month) on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 def german_subscriber(

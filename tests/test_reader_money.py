@@ -26,7 +26,6 @@ from tests.payments_support import (
     MASTERCARD,
     forget_the_mirror,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
     save_card,
 )
@@ -62,14 +61,6 @@ def app_config(
         "SMTP_URL": f"smtp://127.0.0.1:{port}",
         "MAIL_FROM": "The Daily Meridian <billing@meridian.example>",
     }
-
-
-@pytest.fixture
-def plans(
-    stripe: LocalstripeServer, app: Flask, session: Session, gateway: StripeGateway
-) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 @pytest.fixture

@@ -35,7 +35,6 @@ from tests.payments_support import (
     WEBHOOK_SECRET,
     event,
     ledger,
-    plans_on_sale,
     post_event,
     reader_with_card,
 )
@@ -64,12 +63,6 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     app_config["STRIPE_CONNECT_TIMEOUT"] = 1
     app_config["STRIPE_READ_TIMEOUT"] = 1
     return app_config
-
-
-@pytest.fixture
-def plans(app: Flask, session: Session, gateway: StripeGateway) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 def timed(call: Callable[[], int]) -> tuple[int, float]:

@@ -33,7 +33,6 @@ from tests.conftest import real_now
 from tests.payments_support import (
     expected_tax,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
 )
 from tests.stripe_server import LocalstripeServer
@@ -52,14 +51,6 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     """A publisher in Belgium."""
     app_config["PUBLISHER_COUNTRY"] = "BE"
     return app_config
-
-
-@pytest.fixture
-def plans(
-    stripe: LocalstripeServer, app: Flask, session: Session, gateway: StripeGateway
-) -> dict[str, Plan]:
-    """The demo plans (12.00 EUR a month, 120.00 a year), on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 def subscribed_reader(

@@ -13,12 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
-from billing.gateway import StripeGateway
 from billing.models import Customer, Invoice, Plan, Reader, Subscription
 from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
-from tests.payments_support import plans_on_sale
 from tests.stripe_server import LocalstripeServer
 
 pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
@@ -33,12 +31,6 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     """A publisher in Belgium."""
     app_config["PUBLISHER_COUNTRY"] = "BE"
     return app_config
-
-
-@pytest.fixture
-def plans(app: Flask, gateway: StripeGateway, session: Session) -> dict[str, Plan]:
-    """The demo plans on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 @pytest.fixture

@@ -90,12 +90,6 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def plans(app: Flask, session: Session, gateway: StripeGateway) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
-
-
-@pytest.fixture
 def reader(
     plans: dict[str, Plan],
     session: Session,

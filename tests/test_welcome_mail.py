@@ -25,7 +25,6 @@ from tests.payments_support import (
     VISA,
     event,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
     save_card,
 )
@@ -38,14 +37,6 @@ pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 MONTHLY = "individual-monthly"
 THREE_D_SECURE = "4000002500003155"
 """A card whose bank asks for 3-D Secure on every payment and then pays (localstripe's list)."""
-
-
-@pytest.fixture
-def plans(
-    stripe: LocalstripeServer, app: Flask, session: Session, gateway: StripeGateway
-) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 def welcomes(outbox: Outbox, to: str | None = None) -> list[OutboxMessage]:

@@ -121,6 +121,12 @@ def stripe(app_config: dict[str, Any], stripe_reset: Any) -> Any:
 
 
 @pytest.fixture
+def publisher_in_belgium(app_config: dict[str, Any]) -> None:
+    """The publisher is established in Belgium (``PUBLISHER_COUNTRY``); ask for it before ``app``."""
+    app_config["PUBLISHER_COUNTRY"] = "BE"
+
+
+@pytest.fixture
 def plans(stripe: Any, app: Flask, session: Session, gateway: StripeGateway) -> dict[str, Plan]:
     """The demo plans (monthly 12.00, yearly 120.00, group seat 96.00 EUR), on sale in this
     test's localstripe and mirrored."""

@@ -37,20 +37,13 @@ from tests.payments_support import (
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
+pytestmark = [pytest.mark.usefixtures("stripe", "publisher_in_belgium"), pytest.mark.wall_clock]
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
 GERMAN_CARD = "4000002760000016"
 BELGIAN_CARD = "4000000560000004"
 FRENCH_CARD = "4000002500000003"
 GENERIC_CARD = "4242424242424242"  # issued in BE on the stand-in (billing.devstripe)
-
-
-@pytest.fixture
-def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
-    """A publisher in Belgium."""
-    app_config["PUBLISHER_COUNTRY"] = "BE"
-    return app_config
 
 
 def subscribed_reader(

@@ -19,18 +19,11 @@ from tests.conftest import post_form
 from tests.helpers import login
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
+pytestmark = [pytest.mark.usefixtures("stripe", "publisher_in_belgium"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
 GERMAN_CARD = "4000002760000016"
 FRENCH_CARD = "4000002500000003"
-
-
-@pytest.fixture
-def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
-    """A publisher in Belgium."""
-    app_config["PUBLISHER_COUNTRY"] = "BE"
-    return app_config
 
 
 @pytest.fixture

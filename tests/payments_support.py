@@ -43,9 +43,17 @@ from webhooks.verify import sign
 
 VISA = "4242424242424242"
 MASTERCARD = "5555555555554444"
+GERMAN_CARD = "4000002760000016"
+"""A card issued in Germany (its country is what Stripe reports as the card's)."""
+FRENCH_CARD = "4000002500000003"
+"""A card issued in France."""
 DECLINED_ON_CHARGE = "4000000000000341"
 DECLINED_ON_ATTACH = "4000000000000002"
 THREE_D_SECURE_THEN_DECLINED = "4000008260003178"
+FAILING_IBAN = "DE62370400440532013001"
+"""A SEPA debit that is accepted, then declined when it would clear."""
+GOOD_IBAN = "DE89370400440532013000"
+"""A SEPA debit that clears."""
 WEBHOOK_SECRET = "whsec_test_payments"
 
 

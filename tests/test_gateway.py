@@ -28,13 +28,14 @@ from billing.gateway import (
     UnsupportedByServerError,
     is_ours,
 )
+from tests.payments_support import (
+    DECLINED_ON_ATTACH,
+    DECLINED_ON_CHARGE,
+    FAILING_IBAN,
+    THREE_D_SECURE_THEN_DECLINED,
+    VISA,
+)
 from tests.stripe_server import LocalstripeError, LocalstripeServer
-
-VISA = "4242424242424242"
-DECLINED_ON_CHARGE = "4000000000000341"
-DECLINED_ON_ATTACH = "4000000000000002"
-THREE_D_SECURE_THEN_DECLINED = "4000008260003178"
-FAILING_IBAN = "DE62370400440532013001"
 
 
 @pytest.fixture

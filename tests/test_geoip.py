@@ -25,12 +25,12 @@ from billing.services.reports.base import Filters
 from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
+from tests.payments_support import GERMAN_CARD
 from tests.stripe_server import LocalstripeServer
 
 pytestmark = pytest.mark.wall_clock
 
 MONTHLY = "individual-monthly"
-GERMAN_CARD = "4000002760000016"
 GERMAN_IP = "192.0.2.7"
 FRENCH_IP = "198.51.100.7"
 UNKNOWN_IP = "203.0.113.9"

@@ -15,6 +15,8 @@ from billing.services import payments, stripe_mirror
 from tests import factories
 from tests.payments_support import (
     DECLINED_ON_CHARGE,
+    FAILING_IBAN,
+    GOOD_IBAN,
     ledger,
     only_subscription,
     reader_with_card,
@@ -26,8 +28,6 @@ from tests.stripe_server import LocalstripeServer
 pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
-FAILING_IBAN = "DE62370400440532013001"
-GOOD_IBAN = "DE89370400440532013000"
 
 
 def _subscribe_by_sepa(

@@ -25,6 +25,7 @@ from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
 from tests.payments_support import (
+    GERMAN_CARD,
     expected_tax,
     only_subscription,
     reader_with_card,
@@ -34,8 +35,6 @@ from tests.stripe_server import LocalstripeServer
 pytestmark = [pytest.mark.usefixtures("stripe", "publisher_in_belgium"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
-GERMAN_CARD = "4000002760000016"
-FRENCH_CARD = "4000002500000003"
 
 
 def german_subscriber(

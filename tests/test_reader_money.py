@@ -23,6 +23,7 @@ from billing.models import Customer, Invoice, InvoiceStatus, Plan, Reader
 from billing.services import notices, payments
 from billing.worker import Worker
 from tests.payments_support import (
+    GERMAN_CARD,
     MASTERCARD,
     forget_the_mirror,
     only_subscription,
@@ -35,7 +36,6 @@ from tests.test_smtp import Collector, smtp_server  # noqa: F401 - the SMTP serv
 pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
-GERMAN_VISA = "4000002760000016"
 INVOICE_NUMBER = re.compile(r"\b[0-9A-F]{8}-\d{4}\b")
 BRAND = {
     "PUBLICATION_NAME": "The Daily Meridian",
@@ -219,7 +219,7 @@ def test_a_switch_back_to_monthly_with_vat_inside_leaves_the_credit_the_preview_
 ) -> None:
     now = clock.now()
     german = reader_with_card(
-        session, gateway, stripe, now, number=GERMAN_VISA, email="jonas@example.org", country="DE"
+        session, gateway, stripe, now, number=GERMAN_CARD, email="jonas@example.org", country="DE"
     )
     payments.subscribe(session, gateway, german, MONTHLY, now=now)
     payments.switch_plan(session, gateway, german, YEARLY, now=now)

@@ -31,6 +31,8 @@ from billing.services.vat import (
 from tests import factories
 from tests.conftest import real_now
 from tests.payments_support import (
+    FRENCH_CARD,
+    GERMAN_CARD,
     expected_tax,
     only_subscription,
     reader_with_card,
@@ -40,9 +42,7 @@ from tests.stripe_server import LocalstripeServer
 pytestmark = [pytest.mark.usefixtures("stripe", "publisher_in_belgium"), pytest.mark.wall_clock]
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
-GERMAN_CARD = "4000002760000016"
 BELGIAN_CARD = "4000000560000004"
-FRENCH_CARD = "4000002500000003"
 GENERIC_CARD = "4242424242424242"  # issued in BE on the stand-in (billing.devstripe)
 
 

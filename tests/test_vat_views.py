@@ -17,13 +17,12 @@ from billing.models import Customer, Invoice, Plan, Reader, Subscription
 from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
+from tests.payments_support import FRENCH_CARD, GERMAN_CARD
 from tests.stripe_server import LocalstripeServer
 
 pytestmark = [pytest.mark.usefixtures("stripe", "publisher_in_belgium"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
-GERMAN_CARD = "4000002760000016"
-FRENCH_CARD = "4000002500000003"
 
 
 @pytest.fixture

@@ -34,10 +34,9 @@ from billing.views.payments import money
 from tests import factories
 from tests.conftest import Outbox, csrf_token, post_form
 from tests.helpers import login
+from tests.payments_support import DECLINED_ON_CHARGE, VISA
 from tests.stripe_server import LocalstripeServer
 
-VISA = "4242424242424242"
-DECLINED_ON_CHARGE = "4000000000000341"
 MONTHLY = "individual-monthly"
 YEARLY = "individual-yearly"
 

@@ -22,6 +22,7 @@ from werkzeug.test import TestResponse
 
 from billing import db
 from billing.cli import DEMO_PLANS
+from billing.clock import FixedClock
 from billing.gateway import StripeGateway
 from billing.models import (
     Customer,
@@ -36,7 +37,7 @@ from billing.models import (
     WebhookEvent,
     WebhookEventStatus,
 )
-from billing.services import payments
+from billing.services import payments, stripe_mirror, taxes
 from tests import factories
 from tests.stripe_server import LocalstripeServer
 from webhooks.verify import sign
@@ -80,6 +81,33 @@ def reader_with_card(
     """A verified reader whose Stripe customer has ``number`` as its default card (committed)."""
     reader = factories.reader(**reader_fields)
     save_card(session, gateway, stripe, reader, now, number)
+    return reader
+
+
+def subscribed_reader(
+    session: Session,
+    gateway: StripeGateway,
+    stripe: LocalstripeServer,
+    clock: FixedClock,
+    country: str,
+    plan_code: str,
+    *,
+    card: str = VISA,
+    email: str = "reader@example.org",
+) -> Reader:
+    """A reader living in ``country`` who gave it on the subscribe form (confirming it when the
+    card says otherwise) and subscribed to ``plan_code`` (committed). The default card is issued
+    in Belgium on the stand-in (billing.devstripe)."""
+    now = clock.now()
+    reader = reader_with_card(
+        session, gateway, stripe, now, number=card, country=country, email=email
+    )
+    customer = stripe_mirror.customer_of(session, reader)
+    assert customer is not None
+    confirmed = customer.card_country != country
+    taxes.record_country_evidence(session, gateway, customer, country, confirmed=confirmed, now=now)
+    payments.subscribe(session, gateway, reader, plan_code, now=now)
+    session.commit()
     return reader
 
 

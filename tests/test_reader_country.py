@@ -18,7 +18,7 @@ from billing.clock import FixedClock
 from billing.errors import ValidationFailed
 from billing.gateway import StripeGateway
 from billing.models import AuditLog, Customer, Invoice, Plan, Reader, Subscription, TaxRate
-from billing.services import payments, reader_country, stripe_mirror, taxes
+from billing.services import reader_country, taxes
 from billing.services.vat import TaxKind
 from billing.views.account import long_date
 from tests import factories
@@ -28,7 +28,7 @@ from tests.payments_support import (
     GERMAN_CARD,
     expected_tax,
     only_subscription,
-    reader_with_card,
+    subscribed_reader,
 )
 from tests.stripe_server import LocalstripeServer
 
@@ -41,23 +41,9 @@ def german_subscriber(
     session: Session, gateway: StripeGateway, stripe: LocalstripeServer, clock: FixedClock
 ) -> Reader:
     """A reader in Germany with a German card, subscribed monthly (one invoice, 7 % DE)."""
-    reader = reader_with_card(
-        session,
-        gateway,
-        stripe,
-        clock.now(),
-        number=GERMAN_CARD,
-        country="DE",
-        email="greta@example.org",
+    return subscribed_reader(
+        session, gateway, stripe, clock, "DE", MONTHLY, card=GERMAN_CARD, email="greta@example.org"
     )
-    customer = stripe_mirror.customer_of(session, reader)
-    assert customer is not None
-    taxes.record_country_evidence(
-        session, gateway, customer, "DE", confirmed=False, now=clock.now()
-    )
-    payments.subscribe(session, gateway, reader, MONTHLY, now=clock.now())
-    session.commit()
-    return reader
 
 
 def audit_actions(session: Session) -> list[str]:

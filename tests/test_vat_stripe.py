@@ -36,6 +36,7 @@ from tests.payments_support import (
     expected_tax,
     only_subscription,
     reader_with_card,
+    subscribed_reader,
 )
 from tests.stripe_server import LocalstripeServer
 
@@ -43,33 +44,6 @@ pytestmark = [pytest.mark.usefixtures("stripe", "publisher_in_belgium"), pytest.
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
 BELGIAN_CARD = "4000000560000004"
-GENERIC_CARD = "4242424242424242"  # issued in BE on the stand-in (billing.devstripe)
-
-
-def subscribed_reader(
-    session: Session,
-    gateway: StripeGateway,
-    stripe: LocalstripeServer,
-    clock: FixedClock,
-    country: str,
-    plan_code: str,
-    *,
-    card: str = GENERIC_CARD,
-    email: str = "reader@example.org",
-) -> Reader:
-    """A reader living in ``country`` who gave it on the subscribe form (confirming it when the
-    card says otherwise) and subscribed to ``plan_code``."""
-    now = clock.now()
-    reader = reader_with_card(
-        session, gateway, stripe, now, number=card, country=country, email=email
-    )
-    customer = stripe_mirror.customer_of(session, reader)
-    assert customer is not None
-    confirmed = customer.card_country != country
-    taxes.record_country_evidence(session, gateway, customer, country, confirmed=confirmed, now=now)
-    payments.subscribe(session, gateway, reader, plan_code, now=now)
-    session.commit()
-    return reader
 
 
 def german_reader(

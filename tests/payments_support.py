@@ -15,6 +15,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -24,6 +25,7 @@ from billing import db
 from billing.cli import DEMO_PLANS
 from billing.clock import FixedClock
 from billing.gateway import StripeGateway
+from billing.leases import RetryPolicy
 from billing.models import (
     Customer,
     EntitlementChange,
@@ -40,6 +42,8 @@ from billing.models import (
 from billing.services import payments, stripe_mirror, taxes
 from tests import factories
 from tests.stripe_server import LocalstripeServer
+from webhooks import store
+from webhooks.process import Outcome, process
 from webhooks.verify import sign
 
 VISA = "4242424242424242"
@@ -204,6 +208,27 @@ def deliver_and_handle(
         )
     assert status is not None
     return status
+
+
+def store_and_handle(
+    app: Flask, event_type: str, stripe_object: dict[str, Any], clock: FixedClock
+) -> Outcome:
+    """Store a Stripe event as the webhook does (without the HTTP part), then have a worker
+    claim and handle it."""
+    policy = RetryPolicy.from_config(dict(app.config))
+    session = app.extensions["db_sessionmaker"]()
+    try:
+        row_id, _new = store.store(
+            session, event(event_type, stripe_object, created=clock.now()), now=clock.now()
+        )
+        claimed = store.claim_for_replay(
+            session, row_id, now=clock.now(), worker="test-worker", lease=policy.lease
+        )
+        session.commit()
+        assert claimed
+    finally:
+        session.close()
+    return process(row_id, app.extensions["stripe_gateway"], worker="test-worker", policy=policy)
 
 
 def forget_the_mirror(session: Session) -> None:

@@ -29,6 +29,7 @@ from billing.leases import RetryPolicy
 from billing.models import (
     Customer,
     EntitlementChange,
+    Group,
     Invoice,
     Plan,
     Reader,
@@ -41,6 +42,7 @@ from billing.models import (
 )
 from billing.services import payments, stripe_mirror, taxes
 from tests import factories
+from tests.conftest import post_form
 from tests.stripe_server import LocalstripeServer
 from webhooks import store
 from webhooks.process import Outcome, process
@@ -126,6 +128,26 @@ def save_card(
     """Save a new default card for ``reader`` the way the card form does, and commit."""
     payments.save_card(session, gateway, reader, stripe.create_card(number), now=now)
     session.commit()
+
+
+def order_group(
+    client: FlaskClient, session: Session, *, payment: str, vat_id: str = ""
+) -> tuple[Group, str]:
+    """The reader logged in on ``client`` orders 3 seats for Example Ministry, in Germany with
+    ``vat_id``, paying by ``payment`` (``invoice`` or ``card``), and confirms the price shown: the
+    new group, and where the order sends the browser next (the group's page or its card form)."""
+    order = {
+        "name": "Example Ministry",
+        "billing_email": "accounts@ministry.example",
+        "country": "DE",
+        "vat_id": vat_id,
+        "seats": "3",
+        "payment": payment,
+        "confirm": "yes",
+    }
+    created = post_form(client, "/groups/new", order)
+    assert created.status_code == 302
+    return session.scalars(select(Group)).one(), created.headers["Location"]
 
 
 def ledger(

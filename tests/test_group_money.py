@@ -35,6 +35,7 @@ from tests.payments_support import (
     WEBHOOK_SECRET,
     deliver_and_handle,
     event,
+    order_group,
     plans_on_sale,
 )
 from tests.stripe_server import LocalstripeServer
@@ -70,26 +71,14 @@ def _group_by_card(
     session.commit()
     response = post_form(client, "/login", {"email": admin.email, "password": factories.PASSWORD})
     assert response.status_code == 302
-    order = {
-        "name": "Example Ministry",
-        "billing_email": "accounts@ministry.example",
-        "country": "DE",
-        "vat_id": "",
-        "seats": "3",
-        "payment": "card",
-        "confirm": "yes",
-    }
-    token = csrf_token(client, "/groups/new")
-    created = client.post("/groups/new", data={**order, "csrf_token": token})
-    assert created.status_code == 302
-    group = session.scalars(select(Group)).one()
+    group, card_form = order_group(client, session, payment="card")
     secret = client.post(
         f"/groups/{group.public_id}/setup-intent",
-        headers={"X-CSRFToken": csrf_token(client, created.headers["Location"])},
+        headers={"X-CSRFToken": csrf_token(client, card_form)},
     ).get_json()["client_secret"]
     card = stripe.create_card(VISA)
     stripe.confirm_setup_intent(secret.split("_secret_")[0], card)
-    paid = post_form(client, created.headers["Location"], {"payment_method": card})
+    paid = post_form(client, card_form, {"payment_method": card})
     assert paid.status_code == 302, paid.get_data(as_text=True)
     groups.claim_seat(
         session, group, factories.reader(email="ana@ministry.example"), now=real_now()
@@ -247,18 +236,7 @@ def _group_by_invoice(
     admin = factories.reader(email="boss@ministry.example")
     session.commit()
     post_form(client, "/login", {"email": admin.email, "password": factories.PASSWORD})
-    order = {
-        "name": "Example Ministry",
-        "billing_email": "accounts@ministry.example",
-        "country": "DE",
-        "vat_id": "",
-        "seats": "3",
-        "payment": "invoice",
-        "confirm": "yes",
-    }
-    token = csrf_token(client, "/groups/new")
-    assert client.post("/groups/new", data={**order, "csrf_token": token}).status_code == 302
-    group = session.scalars(select(Group)).one()
+    group, _ = order_group(client, session, payment="invoice")
     assert groups.simulate_bank_transfer(session, gateway, group, now=clock.now()) == 1
     groups.claim_seat(
         session, group, factories.reader(email="ana@ministry.example"), now=real_now()

@@ -30,6 +30,7 @@ from tests.payments_support import (
     WEBHOOK_SECRET,
     deliver_and_handle,
     event,
+    order_group,
     plans_on_sale,
 )
 from tests.stripe_server import LocalstripeServer
@@ -95,18 +96,7 @@ def german_group(
     admin = factories.reader(email="boss@ministry.example")
     session.commit()
     login(client, admin)
-    order = {
-        "name": "Example Ministry",
-        "billing_email": "accounts@ministry.example",
-        "country": "DE",
-        "vat_id": vat_id,
-        "seats": "3",
-        "payment": "invoice",
-        "confirm": "yes",
-    }
-    token = csrf_token(client, "/groups/new")
-    assert client.post("/groups/new", data={**order, "csrf_token": token}).status_code == 302
-    group = session.scalars(select(Group)).one()
+    group, _ = order_group(client, session, payment="invoice", vat_id=vat_id)
     assert groups.simulate_bank_transfer(session, gateway, group, now=clock.now()) == 1
     session.commit()
     return group

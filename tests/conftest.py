@@ -29,7 +29,7 @@ from billing.gateway import StripeGateway
 from billing.models import Base, OutboxMessage, Plan
 from tests import factories
 
-pytest_plugins = ["tests.browser", "tests.stripe_server", "tests.clock_ahead"]
+pytest_plugins = ["tests.browser", "tests.stripe_server", "tests.smtp_server", "tests.clock_ahead"]
 
 START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"

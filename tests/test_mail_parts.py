@@ -25,7 +25,7 @@ from billing.services import groups, stripe_mirror, trials
 from billing.worker import Worker
 from tests import factories
 from tests.conftest import TEST_SECRET, csrf_token, post_form
-from tests.test_smtp import Collector, smtp_server  # noqa: F401 - the SMTP server fixture
+from tests.smtp_server import Collector
 
 MAIL_TEMPLATES = Path(__file__).parent.parent / "billing" / "templates" / "mail"
 GROUP_MAILS = {
@@ -51,7 +51,7 @@ BRAND = {
 @pytest.fixture
 def app_config(
     app_config: dict[str, Any],
-    smtp_server: tuple[Collector, int],  # noqa: F811 - the fixture imported above
+    smtp_server: tuple[Collector, int],
 ) -> dict[str, Any]:
     """Mail goes to the local SMTP server, under the demo newspaper's brand."""
     _, port = smtp_server
@@ -124,7 +124,7 @@ def test_account_trial_and_payment_mails_arrive_in_both_parts_in_the_publication
     session: Session,
     clock: FixedClock,
     runner: FlaskCliRunner,
-    smtp_server: tuple[Collector, int],  # noqa: F811
+    smtp_server: tuple[Collector, int],
 ) -> None:
     collector, _ = smtp_server
     client = app.test_client()
@@ -189,7 +189,7 @@ def test_the_mails_about_an_organisations_seats_arrive_in_both_parts_in_the_publ
     app: Flask,
     session: Session,
     clock: FixedClock,
-    smtp_server: tuple[Collector, int],  # noqa: F811
+    smtp_server: tuple[Collector, int],
 ) -> None:
     collector, _ = smtp_server
     rules = groups.GroupRules()

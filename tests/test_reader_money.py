@@ -30,8 +30,8 @@ from tests.payments_support import (
     reader_with_card,
     save_card,
 )
+from tests.smtp_server import Collector
 from tests.stripe_server import LocalstripeServer
-from tests.test_smtp import Collector, smtp_server  # noqa: F401 - the SMTP server fixture
 
 pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
@@ -51,7 +51,7 @@ BRAND = {
 @pytest.fixture
 def app_config(
     app_config: dict[str, Any],
-    smtp_server: tuple[Collector, int],  # noqa: F811 - the fixture imported above
+    smtp_server: tuple[Collector, int],
 ) -> dict[str, Any]:
     """Mail goes to the local SMTP server, under the demo newspaper's brand."""
     _, port = smtp_server
@@ -99,7 +99,7 @@ def test_every_money_event_mails_the_reader_once_in_the_publications_brand(
     gateway: StripeGateway,
     stripe: LocalstripeServer,
     clock: FixedClock,
-    smtp_server: tuple[Collector, int],  # noqa: F811
+    smtp_server: tuple[Collector, int],
 ) -> None:
     collector, _ = smtp_server
     now = clock.now()
@@ -425,7 +425,7 @@ def test_reconciling_old_invoices_into_an_empty_mirror_mails_no_receipts(
     session: Session,
     gateway: StripeGateway,
     clock: FixedClock,
-    smtp_server: tuple[Collector, int],  # noqa: F811
+    smtp_server: tuple[Collector, int],
 ) -> None:
     collector, _ = smtp_server
     payments.subscribe(session, gateway, reader, MONTHLY, now=clock.now())

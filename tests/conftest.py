@@ -41,6 +41,17 @@ and a test writing its customers into the developer's demo (or passing only beca
 there) is neither isolated nor repeatable.
 """
 
+BRAND = {
+    "PUBLICATION_NAME": "The Daily Meridian",
+    "PUBLICATION_URL": "https://meridian.example",
+    "PUBLICATION_ACCENT": "#8a1c1c",
+    "SUPPORT_EMAIL": "help@meridian.example",
+    "TERMS_URL": "https://meridian.example/terms",
+    "PRIVACY_URL": "https://meridian.example/privacy",
+    "IMPRINT_URL": "https://meridian.example/imprint",
+}
+"""The demo newspaper's brand settings."""
+
 
 def real_now() -> datetime:
     """The wall-clock time to whole seconds: localstripe stamps and signs with real time."""
@@ -118,6 +129,18 @@ def stripe(app_config: dict[str, Any], stripe_reset: Any) -> Any:
     app_config["STRIPE_JS_URL"] = f"{stripe_reset.url}/js.stripe.com/v3/"
     app_config["STRIPE_MAX_NETWORK_RETRIES"] = 0
     return stripe_reset
+
+
+@pytest.fixture
+def branded_mail(smtp_server: tuple[Any, int]) -> dict[str, Any]:
+    """Settings that send mail to this test's SMTP server, from and in the demo newspaper's
+    :data:`BRAND`: add them to ``app_config``."""
+    _, port = smtp_server
+    return {
+        **BRAND,
+        "SMTP_URL": f"smtp://127.0.0.1:{port}",
+        "MAIL_FROM": "The Daily Meridian <billing@meridian.example>",
+    }
 
 
 @pytest.fixture

@@ -36,31 +36,12 @@ GROUP_MAILS = {
     "group_seats_full",
 }
 """Mails about an organisation's seats, to its admins, members and invitees."""
-BRAND = {
-    "PUBLICATION_NAME": "The Daily Meridian",
-    "PUBLICATION_URL": "https://meridian.example",
-    "PUBLICATION_ACCENT": "#8a1c1c",
-    "PUBLICATION_LOGO": "https://meridian.example/logo.png",
-    "SUPPORT_EMAIL": "help@meridian.example",
-    "TERMS_URL": "https://meridian.example/terms",
-    "PRIVACY_URL": "https://meridian.example/privacy",
-    "IMPRINT_URL": "https://meridian.example/imprint",
-}
 
 
 @pytest.fixture
-def app_config(
-    app_config: dict[str, Any],
-    smtp_server: tuple[Collector, int],
-) -> dict[str, Any]:
-    """Mail goes to the local SMTP server, under the demo newspaper's brand."""
-    _, port = smtp_server
-    return {
-        **app_config,
-        **BRAND,
-        "SMTP_URL": f"smtp://127.0.0.1:{port}",
-        "MAIL_FROM": "The Daily Meridian <billing@meridian.example>",
-    }
+def app_config(app_config: dict[str, Any], branded_mail: dict[str, Any]) -> dict[str, Any]:
+    """Mail goes to the local SMTP server, under the demo newspaper's brand with its logo."""
+    return {**app_config, **branded_mail, "PUBLICATION_LOGO": "https://meridian.example/logo.png"}
 
 
 class _Html(HTMLParser):

@@ -37,30 +37,12 @@ pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
 INVOICE_NUMBER = re.compile(r"\b[0-9A-F]{8}-\d{4}\b")
-BRAND = {
-    "PUBLICATION_NAME": "The Daily Meridian",
-    "PUBLICATION_URL": "https://meridian.example",
-    "PUBLICATION_ACCENT": "#8a1c1c",
-    "SUPPORT_EMAIL": "help@meridian.example",
-    "TERMS_URL": "https://meridian.example/terms",
-    "PRIVACY_URL": "https://meridian.example/privacy",
-    "IMPRINT_URL": "https://meridian.example/imprint",
-}
 
 
 @pytest.fixture
-def app_config(
-    app_config: dict[str, Any],
-    smtp_server: tuple[Collector, int],
-) -> dict[str, Any]:
+def app_config(app_config: dict[str, Any], branded_mail: dict[str, Any]) -> dict[str, Any]:
     """Mail goes to the local SMTP server, under the demo newspaper's brand."""
-    _, port = smtp_server
-    return {
-        **app_config,
-        **BRAND,
-        "SMTP_URL": f"smtp://127.0.0.1:{port}",
-        "MAIL_FROM": "The Daily Meridian <billing@meridian.example>",
-    }
+    return {**app_config, **branded_mail}
 
 
 @pytest.fixture

@@ -1,6 +1,11 @@
-"""Helpers for view tests that are not fixtures."""
+"""Helpers for tests that are not fixtures: logging in, a hand-moved clock, stand-in servers."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from flask.testing import FlaskClient
 from flask_login.config import SESSION_KEYS
@@ -39,3 +44,18 @@ class FakeMonotonic:
 
     def __call__(self) -> float:
         return self.value
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` from a thread on a free port of 127.0.0.1 while the block runs; yields
+    the server's base URL (a stand-in for a service the app calls, such as VIES)."""
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

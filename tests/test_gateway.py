@@ -6,11 +6,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from billing.gateway import (
     UnsupportedByServerError,
     is_ours,
 )
+from tests.helpers import serving
 from tests.payments_support import (
     DECLINED_ON_ATTACH,
     DECLINED_ON_CHARGE,
@@ -577,15 +577,8 @@ def webhook_receiver() -> Iterator[tuple[str, list[tuple[float, bytes, str]]]]:
     """A local HTTP endpoint that records what is posted to it, answering 500."""
     received: list[tuple[float, bytes, str]] = []
     handler = type("Handler", (_Receiver,), {"received": received})
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/webhooks/stripe", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(handler) as base:
+        yield f"{base}/webhooks/stripe", received
 
 
 def test_localstripe_sends_signed_webhooks_a_second_later_but_never_subscription_updates(

@@ -7,9 +7,8 @@ from __future__ import annotations
 import html as html_module
 import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from billing.services import groups
 from billing.views.payments import long_date
 from tests import factories
 from tests.conftest import csrf_token, post_form
-from tests.helpers import login
+from tests.helpers import login, serving
 from tests.payments_support import (
     WEBHOOK_SECRET,
     deliver_and_handle,
@@ -64,12 +63,8 @@ class _Vies(BaseHTTPRequestHandler):
 @pytest.fixture
 def vies_url() -> Iterator[str]:
     """A VIES stand-in on a free port."""
-    server = HTTPServer(("127.0.0.1", 0), _Vies)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/vies"
-    server.shutdown()
-    server.server_close()
+    with serving(_Vies) as base:
+        yield f"{base}/vies"
 
 
 @pytest.fixture

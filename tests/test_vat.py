@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -31,6 +30,7 @@ from billing.services.vat import (
     rate_table,
     tax_treatment,
 )
+from tests.helpers import serving
 
 ON = date(2026, 3, 1)
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -233,12 +233,8 @@ class _Vies(BaseHTTPRequestHandler):
 @pytest.fixture
 def vies_url() -> Iterator[str]:
     """A VIES stand-in on a free port."""
-    server = HTTPServer(("127.0.0.1", 0), _Vies)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/vies"
-    server.shutdown()
-    server.server_close()
+    with serving(_Vies) as base:
+        yield f"{base}/vies"
 
 
 def test_vies_confirms_a_registered_vat_id_and_the_answer_is_dated(vies_url: str) -> None:

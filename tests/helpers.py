@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 from flask.testing import FlaskClient
 from flask_login.config import SESSION_KEYS
@@ -44,6 +46,22 @@ class FakeMonotonic:
 
     def __call__(self) -> float:
         return self.value
+
+
+class StandInHandler(BaseHTTPRequestHandler):
+    """The request handler of a stand-in service: answers JSON with :meth:`send_json`, logs
+    nothing."""
+
+    def send_json(self, payload: Any) -> None:
+        """Answer 200 with ``payload`` as JSON."""
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
 
 
 @contextmanager

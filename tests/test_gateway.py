@@ -9,7 +9,6 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from billing.gateway import (
     UnsupportedByServerError,
     is_ours,
 )
-from tests.helpers import serving
+from tests.helpers import StandInHandler, serving
 from tests.payments_support import (
     DECLINED_ON_ATTACH,
     DECLINED_ON_CHARGE,
@@ -559,7 +558,7 @@ def stripe_raw_invoice(gateway: StripeGateway, invoice_id: str) -> dict[str, Any
     return gateway._client.v1.invoices.retrieve(invoice_id).to_dict()
 
 
-class _Receiver(BaseHTTPRequestHandler):
+class _Receiver(StandInHandler):
     received: list[tuple[float, bytes, str]]
 
     def do_POST(self) -> None:
@@ -567,9 +566,6 @@ class _Receiver(BaseHTTPRequestHandler):
         self.received.append((time.monotonic(), body, self.headers["Stripe-Signature"]))
         self.send_response(500)  # localstripe does not retry
         self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ one, a malformed number refused, and only admins may."""
 from __future__ import annotations
 
 import html as html_module
-import json
 import re
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -24,7 +22,7 @@ from billing.services import groups
 from billing.views.payments import long_date
 from tests import factories
 from tests.conftest import csrf_token, post_form
-from tests.helpers import login, serving
+from tests.helpers import StandInHandler, login, serving
 from tests.payments_support import (
     WEBHOOK_SECRET,
     deliver_and_handle,
@@ -45,19 +43,12 @@ UNREGISTERED_VAT_ID = "DE123456788"
 """Valid in format and check digit, but not registered (says the VIES stand-in)."""
 
 
-class _Vies(BaseHTTPRequestHandler):
+class _Vies(StandInHandler):
     """VIES's REST answer: every number is registered but ``DE123456788``."""
 
     def do_GET(self) -> None:
         number = self.path.strip("/").split("/")[-1]
-        body = json.dumps({"isValid": number != UNREGISTERED_VAT_ID[2:]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        """Quiet."""
+        self.send_json({"isValid": number != UNREGISTERED_VAT_ID[2:]})
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
-"""Helpers shared by the payment tests (plain functions; each test module has its own fixtures).
+"""Helpers shared by the payment tests (plain functions; the fixtures they share, ``plans``,
+``publisher_in_belgium`` and the ``wall_clock`` clock, are in ``tests/conftest.py``).
 
 They act as the reader's browser and the bank would: plans on sale in the test's localstripe, a
-reader with a saved card, webhook events signed like Stripe's.
+reader with a saved card, a group ordered on the order form, webhook events signed like Stripe's.
 """
 
 from __future__ import annotations

@@ -25,10 +25,11 @@ from billing import create_app
 from billing import db as billing_db
 from billing.clock import FixedClock
 from billing.extensions import limiter
-from billing.models import Base, OutboxMessage
+from billing.gateway import StripeGateway
+from billing.models import Base, OutboxMessage, Plan
 from tests import factories
 
-pytest_plugins = ["tests.browser", "tests.stripe_server", "tests.clock_ahead"]
+pytest_plugins = ["tests.browser", "tests.stripe_server", "tests.smtp_server", "tests.clock_ahead"]
 
 START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
@@ -39,6 +40,22 @@ Not the development default (127.0.0.1:8420): that is the localstripe of a runni
 and a test writing its customers into the developer's demo (or passing only because one answers
 there) is neither isolated nor repeatable.
 """
+
+BRAND = {
+    "PUBLICATION_NAME": "The Daily Meridian",
+    "PUBLICATION_URL": "https://meridian.example",
+    "PUBLICATION_ACCENT": "#8a1c1c",
+    "SUPPORT_EMAIL": "help@meridian.example",
+    "TERMS_URL": "https://meridian.example/terms",
+    "PRIVACY_URL": "https://meridian.example/privacy",
+    "IMPRINT_URL": "https://meridian.example/imprint",
+}
+"""The demo newspaper's brand settings."""
+
+
+def real_now() -> datetime:
+    """The wall-clock time to whole seconds: localstripe stamps and signs with real time."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _postgres_database(admin_url: str, worker: str) -> Iterator[str]:
@@ -73,8 +90,15 @@ def database_url(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> It
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    """A clock that stands still at 2026-11-25 09:00 UTC until the test moves it."""
+def clock(request: pytest.FixtureRequest) -> FixedClock:
+    """A clock that stands still at 2026-11-25 09:00 UTC until the test moves it.
+
+    In a test marked ``wall_clock`` it stands still at the real time instead, to whole seconds:
+    localstripe stamps and signs its objects with the real clock, so a test whose app talks to it
+    must start there.
+    """
+    if request.node.get_closest_marker("wall_clock") is not None:
+        return FixedClock(real_now())
     return FixedClock(START)
 
 
@@ -105,6 +129,34 @@ def stripe(app_config: dict[str, Any], stripe_reset: Any) -> Any:
     app_config["STRIPE_JS_URL"] = f"{stripe_reset.url}/js.stripe.com/v3/"
     app_config["STRIPE_MAX_NETWORK_RETRIES"] = 0
     return stripe_reset
+
+
+@pytest.fixture
+def branded_mail(smtp_server: tuple[Any, int]) -> dict[str, Any]:
+    """Settings that send mail to this test's SMTP server, from and in the demo newspaper's
+    :data:`BRAND`: add them to ``app_config``."""
+    _, port = smtp_server
+    return {
+        **BRAND,
+        "SMTP_URL": f"smtp://127.0.0.1:{port}",
+        "MAIL_FROM": "The Daily Meridian <billing@meridian.example>",
+    }
+
+
+@pytest.fixture
+def publisher_in_belgium(app_config: dict[str, Any]) -> None:
+    """The publisher is established in Belgium (``PUBLISHER_COUNTRY``); ask for it before ``app``."""
+    app_config["PUBLISHER_COUNTRY"] = "BE"
+
+
+@pytest.fixture
+def plans(stripe: Any, app: Flask, session: Session, gateway: StripeGateway) -> dict[str, Plan]:
+    """The demo plans (monthly 12.00, yearly 120.00, group seat 96.00 EUR), on sale in this
+    test's localstripe and mirrored."""
+    # imported here, not at the top: it imports the stripe_server plugin, which pytest must load first
+    from tests.payments_support import plans_on_sale
+
+    return plans_on_sale(session, gateway)
 
 
 @pytest.fixture

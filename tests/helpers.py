@@ -1,6 +1,13 @@
-"""Helpers for view tests that are not fixtures."""
+"""Helpers for tests that are not fixtures: logging in, a hand-moved clock, stand-in servers."""
 
 from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 from flask.testing import FlaskClient
 from flask_login.config import SESSION_KEYS
@@ -39,3 +46,34 @@ class FakeMonotonic:
 
     def __call__(self) -> float:
         return self.value
+
+
+class StandInHandler(BaseHTTPRequestHandler):
+    """The request handler of a stand-in service: answers JSON with :meth:`send_json`, logs
+    nothing."""
+
+    def send_json(self, payload: Any) -> None:
+        """Answer 200 with ``payload`` as JSON."""
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` from a thread on a free port of 127.0.0.1 while the block runs; yields
+    the server's base URL (a stand-in for a service the app calls, such as VIES)."""
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

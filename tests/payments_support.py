@@ -1,7 +1,8 @@
-"""Helpers shared by the payment tests (plain functions; each test module has its own fixtures).
+"""Helpers shared by the payment tests (plain functions; the fixtures they share, ``plans``,
+``publisher_in_belgium`` and the ``wall_clock`` clock, are in ``tests/conftest.py``).
 
 They act as the reader's browser and the bank would: plans on sale in the test's localstripe, a
-reader with a saved card, webhook events signed like Stripe's.
+reader with a saved card, a group ordered on the order form, webhook events signed like Stripe's.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -22,7 +24,9 @@ from werkzeug.test import TestResponse
 
 from billing import db
 from billing.cli import DEMO_PLANS
+from billing.clock import FixedClock
 from billing.gateway import StripeGateway
+from billing.leases import RetryPolicy
 from billing.models import (
     Customer,
     EntitlementChange,
@@ -37,22 +41,28 @@ from billing.models import (
     WebhookEvent,
     WebhookEventStatus,
 )
-from billing.services import groups, payments
+from billing.services import groups, payments, stripe_mirror, taxes
 from tests import factories
+from tests.conftest import post_form
 from tests.stripe_server import LocalstripeServer
+from webhooks import store
+from webhooks.process import Outcome, process
 from webhooks.verify import sign
 
 VISA = "4242424242424242"
 MASTERCARD = "5555555555554444"
+GERMAN_CARD = "4000002760000016"
+"""A card issued in Germany (its country is what Stripe reports as the card's)."""
+FRENCH_CARD = "4000002500000003"
+"""A card issued in France."""
 DECLINED_ON_CHARGE = "4000000000000341"
 DECLINED_ON_ATTACH = "4000000000000002"
 THREE_D_SECURE_THEN_DECLINED = "4000008260003178"
+FAILING_IBAN = "DE62370400440532013001"
+"""A SEPA debit that is accepted, then declined when it would clear."""
+GOOD_IBAN = "DE89370400440532013000"
+"""A SEPA debit that clears."""
 WEBHOOK_SECRET = "whsec_test_payments"
-
-
-def real_now() -> datetime:
-    """The wall-clock time to whole seconds: localstripe stamps and signs with real time."""
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def plans_on_sale(session: Session, gateway: StripeGateway) -> dict[str, Plan]:
@@ -110,6 +120,33 @@ def reader_with_card(
     return reader
 
 
+def subscribed_reader(
+    session: Session,
+    gateway: StripeGateway,
+    stripe: LocalstripeServer,
+    clock: FixedClock,
+    country: str,
+    plan_code: str,
+    *,
+    card: str = VISA,
+    email: str = "reader@example.org",
+) -> Reader:
+    """A reader living in ``country`` who gave it on the subscribe form (confirming it when the
+    card says otherwise) and subscribed to ``plan_code`` (committed). The default card is issued
+    in Belgium on the stand-in (billing.devstripe)."""
+    now = clock.now()
+    reader = reader_with_card(
+        session, gateway, stripe, now, number=card, country=country, email=email
+    )
+    customer = stripe_mirror.customer_of(session, reader)
+    assert customer is not None
+    confirmed = customer.card_country != country
+    taxes.record_country_evidence(session, gateway, customer, country, confirmed=confirmed, now=now)
+    payments.subscribe(session, gateway, reader, plan_code, now=now)
+    session.commit()
+    return reader
+
+
 def save_card(
     session: Session,
     gateway: StripeGateway,
@@ -121,6 +158,26 @@ def save_card(
     """Save a new default card for ``reader`` the way the card form does, and commit."""
     payments.save_card(session, gateway, reader, stripe.create_card(number), now=now)
     session.commit()
+
+
+def order_group(
+    client: FlaskClient, session: Session, *, payment: str, vat_id: str = ""
+) -> tuple[Group, str]:
+    """The reader logged in on ``client`` orders 3 seats for Example Ministry, in Germany with
+    ``vat_id``, paying by ``payment`` (``invoice`` or ``card``), and confirms the price shown: the
+    new group, and where the order sends the browser next (the group's page or its card form)."""
+    order = {
+        "name": "Example Ministry",
+        "billing_email": "accounts@ministry.example",
+        "country": "DE",
+        "vat_id": vat_id,
+        "seats": "3",
+        "payment": payment,
+        "confirm": "yes",
+    }
+    created = post_form(client, "/groups/new", order)
+    assert created.status_code == 302
+    return session.scalars(select(Group)).one(), created.headers["Location"]
 
 
 def ledger(
@@ -203,6 +260,27 @@ def deliver_and_handle(
         )
     assert status is not None
     return status
+
+
+def store_and_handle(
+    app: Flask, event_type: str, stripe_object: dict[str, Any], clock: FixedClock
+) -> Outcome:
+    """Store a Stripe event as the webhook does (without the HTTP part), then have a worker
+    claim and handle it."""
+    policy = RetryPolicy.from_config(dict(app.config))
+    session = app.extensions["db_sessionmaker"]()
+    try:
+        row_id, _new = store.store(
+            session, event(event_type, stripe_object, created=clock.now()), now=clock.now()
+        )
+        claimed = store.claim_for_replay(
+            session, row_id, now=clock.now(), worker="test-worker", lease=policy.lease
+        )
+        session.commit()
+        assert claimed
+    finally:
+        session.close()
+    return process(row_id, app.extensions["stripe_gateway"], worker="test-worker", policy=policy)
 
 
 def forget_the_mirror(session: Session) -> None:

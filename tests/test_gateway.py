@@ -6,11 +6,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +26,15 @@ from billing.gateway import (
     UnsupportedByServerError,
     is_ours,
 )
+from tests.helpers import StandInHandler, serving
+from tests.payments_support import (
+    DECLINED_ON_ATTACH,
+    DECLINED_ON_CHARGE,
+    FAILING_IBAN,
+    THREE_D_SECURE_THEN_DECLINED,
+    VISA,
+)
 from tests.stripe_server import LocalstripeError, LocalstripeServer
-
-VISA = "4242424242424242"
-DECLINED_ON_CHARGE = "4000000000000341"
-DECLINED_ON_ATTACH = "4000000000000002"
-THREE_D_SECURE_THEN_DECLINED = "4000008260003178"
-FAILING_IBAN = "DE62370400440532013001"
 
 
 @pytest.fixture
@@ -558,7 +558,7 @@ def stripe_raw_invoice(gateway: StripeGateway, invoice_id: str) -> dict[str, Any
     return gateway._client.v1.invoices.retrieve(invoice_id).to_dict()
 
 
-class _Receiver(BaseHTTPRequestHandler):
+class _Receiver(StandInHandler):
     received: list[tuple[float, bytes, str]]
 
     def do_POST(self) -> None:
@@ -567,24 +567,14 @@ class _Receiver(BaseHTTPRequestHandler):
         self.send_response(500)  # localstripe does not retry
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
 
 @pytest.fixture
 def webhook_receiver() -> Iterator[tuple[str, list[tuple[float, bytes, str]]]]:
     """A local HTTP endpoint that records what is posted to it, answering 500."""
     received: list[tuple[float, bytes, str]] = []
     handler = type("Handler", (_Receiver,), {"received": received})
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/webhooks/stripe", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(handler) as base:
+        yield f"{base}/webhooks/stripe", received
 
 
 def test_localstripe_sends_signed_webhooks_a_second_later_but_never_subscription_updates(

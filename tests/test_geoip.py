@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from billing import create_app, geoip
 from billing.clock import FixedClock
 from billing.config import ConfigError, from_env
-from billing.gateway import StripeGateway
 from billing.geoip import GeoIpDatabase
 from billing.models import Customer, Invoice, Plan, Reader
 from billing.services import reports
@@ -26,11 +25,12 @@ from billing.services.reports.base import Filters
 from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
-from tests.payments_support import plans_on_sale, real_now
+from tests.payments_support import GERMAN_CARD
 from tests.stripe_server import LocalstripeServer
 
+pytestmark = pytest.mark.wall_clock
+
 MONTHLY = "individual-monthly"
-GERMAN_CARD = "4000002760000016"
 GERMAN_IP = "192.0.2.7"
 FRENCH_IP = "198.51.100.7"
 UNKNOWN_IP = "203.0.113.9"
@@ -111,12 +111,6 @@ def test_without_the_setting_geoip_is_off() -> None:
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(real_now())
-
-
-@pytest.fixture
 def trusted_proxies() -> int:
     """How many proxies in front of the app are believed (none unless a test says)."""
     return 0
@@ -131,12 +125,6 @@ def app_config(
     app_config["GEOIP_DATABASE"] = str(geoip_path)
     app_config["PROXY_FIX_X_FOR"] = trusted_proxies
     return app_config
-
-
-@pytest.fixture
-def plans(app: Flask, gateway: StripeGateway, session: Session) -> dict[str, Plan]:
-    """The demo plans on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 @pytest.fixture

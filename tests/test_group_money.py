@@ -28,29 +28,23 @@ from billing.services import groups, reports, stripe_mirror
 from billing.services.entitlements import Reason, decide
 from billing.services.reports.base import Filters
 from tests import factories
-from tests.conftest import Outbox, csrf_token, post_form
+from tests.conftest import Outbox, csrf_token, post_form, real_now
 from tests.payments_support import (
     DECLINED_ON_CHARGE,
     VISA,
     WEBHOOK_SECRET,
     deliver_and_handle,
     event,
+    order_group,
     plans_on_sale,
-    real_now,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 PROCESSED = WebhookEventStatus.PROCESSED
 SEAT = 9600
 """The demo group seat: 96.00 EUR a year, net."""
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
 
 
 @pytest.fixture
@@ -77,26 +71,14 @@ def _group_by_card(
     session.commit()
     response = post_form(client, "/login", {"email": admin.email, "password": factories.PASSWORD})
     assert response.status_code == 302
-    order = {
-        "name": "Example Ministry",
-        "billing_email": "accounts@ministry.example",
-        "country": "DE",
-        "vat_id": "",
-        "seats": "3",
-        "payment": "card",
-        "confirm": "yes",
-    }
-    token = csrf_token(client, "/groups/new")
-    created = client.post("/groups/new", data={**order, "csrf_token": token})
-    assert created.status_code == 302
-    group = session.scalars(select(Group)).one()
+    group, card_form = order_group(client, session, payment="card")
     secret = client.post(
         f"/groups/{group.public_id}/setup-intent",
-        headers={"X-CSRFToken": csrf_token(client, created.headers["Location"])},
+        headers={"X-CSRFToken": csrf_token(client, card_form)},
     ).get_json()["client_secret"]
     card = stripe.create_card(VISA)
     stripe.confirm_setup_intent(secret.split("_secret_")[0], card)
-    paid = post_form(client, created.headers["Location"], {"payment_method": card})
+    paid = post_form(client, card_form, {"payment_method": card})
     assert paid.status_code == 302, paid.get_data(as_text=True)
     groups.claim_seat(
         session, group, factories.reader(email="ana@ministry.example"), now=real_now()
@@ -254,18 +236,7 @@ def _group_by_invoice(
     admin = factories.reader(email="boss@ministry.example")
     session.commit()
     post_form(client, "/login", {"email": admin.email, "password": factories.PASSWORD})
-    order = {
-        "name": "Example Ministry",
-        "billing_email": "accounts@ministry.example",
-        "country": "DE",
-        "vat_id": "",
-        "seats": "3",
-        "payment": "invoice",
-        "confirm": "yes",
-    }
-    token = csrf_token(client, "/groups/new")
-    assert client.post("/groups/new", data={**order, "csrf_token": token}).status_code == 302
-    group = session.scalars(select(Group)).one()
+    group, _ = order_group(client, session, payment="invoice")
     assert groups.simulate_bank_transfer(session, gateway, group, now=clock.now()) == 1
     groups.claim_seat(
         session, group, factories.reader(email="ana@ministry.example"), now=real_now()

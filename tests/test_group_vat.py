@@ -5,11 +5,8 @@ one, a malformed number refused, and only admins may."""
 from __future__ import annotations
 
 import html as html_module
-import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
@@ -25,17 +22,17 @@ from billing.services import groups
 from billing.views.payments import long_date
 from tests import factories
 from tests.conftest import csrf_token, post_form
-from tests.helpers import login
+from tests.helpers import StandInHandler, login, serving
 from tests.payments_support import (
     WEBHOOK_SECRET,
     deliver_and_handle,
     event,
+    order_group,
     plans_on_sale,
-    real_now,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe", "publisher_in_belgium"), pytest.mark.wall_clock]
 
 SEAT = 9600
 """The demo group seat: 96.00 EUR a year, net."""
@@ -46,42 +43,24 @@ UNREGISTERED_VAT_ID = "DE123456788"
 """Valid in format and check digit, but not registered (says the VIES stand-in)."""
 
 
-@pytest.fixture
-def clock() -> FixedClock:
-    """localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
-
-
-class _Vies(BaseHTTPRequestHandler):
+class _Vies(StandInHandler):
     """VIES's REST answer: every number is registered but ``DE123456788``."""
 
     def do_GET(self) -> None:
         number = self.path.strip("/").split("/")[-1]
-        body = json.dumps({"isValid": number != UNREGISTERED_VAT_ID[2:]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        """Quiet."""
+        self.send_json({"isValid": number != UNREGISTERED_VAT_ID[2:]})
 
 
 @pytest.fixture
 def vies_url() -> Iterator[str]:
     """A VIES stand-in on a free port."""
-    server = HTTPServer(("127.0.0.1", 0), _Vies)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/vies"
-    server.shutdown()
-    server.server_close()
+    with serving(_Vies) as base:
+        yield f"{base}/vies"
 
 
 @pytest.fixture
 def app_config(app_config: dict[str, Any], vies_url: str) -> dict[str, Any]:
-    """A publisher in Belgium asking VIES; Stripe's events are signed with the test secret."""
-    app_config["PUBLISHER_COUNTRY"] = "BE"
+    """The publisher asks VIES; Stripe's events are signed with the test secret."""
     app_config["STRIPE_WEBHOOK_SECRETS"] = [WEBHOOK_SECRET]
     app_config["VIES_URL"] = vies_url
     return app_config
@@ -103,18 +82,7 @@ def german_group(
     admin = factories.reader(email="boss@ministry.example")
     session.commit()
     login(client, admin)
-    order = {
-        "name": "Example Ministry",
-        "billing_email": "accounts@ministry.example",
-        "country": "DE",
-        "vat_id": vat_id,
-        "seats": "3",
-        "payment": "invoice",
-        "confirm": "yes",
-    }
-    token = csrf_token(client, "/groups/new")
-    assert client.post("/groups/new", data={**order, "csrf_token": token}).status_code == 302
-    group = session.scalars(select(Group)).one()
+    group, _ = order_group(client, session, payment="invoice", vat_id=vat_id)
     assert groups.simulate_bank_transfer(session, gateway, group, now=clock.now()) == 1
     session.commit()
     return group

@@ -5,46 +5,29 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
 from billing.gateway import StripeGateway
-from billing.models import Plan, SubscriptionEvent, SubscriptionStatus
+from billing.models import SubscriptionEvent, SubscriptionStatus
 from billing.services import payments, stripe_mirror
 from tests import factories
 from tests.payments_support import (
     DECLINED_ON_CHARGE,
+    FAILING_IBAN,
+    GOOD_IBAN,
     ledger,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
-    real_now,
     save_card,
     wait_for,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
-FAILING_IBAN = "DE62370400440532013001"
-GOOD_IBAN = "DE89370400440532013000"
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
-
-
-@pytest.fixture
-def plans(
-    stripe: LocalstripeServer, app: Flask, session: Session, gateway: StripeGateway
-) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 def _subscribe_by_sepa(

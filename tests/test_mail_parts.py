@@ -25,7 +25,7 @@ from billing.services import groups, stripe_mirror, trials
 from billing.worker import Worker
 from tests import factories
 from tests.conftest import TEST_SECRET, csrf_token, post_form
-from tests.test_smtp import Collector, smtp_server  # noqa: F401 - the SMTP server fixture
+from tests.smtp_server import Collector
 
 MAIL_TEMPLATES = Path(__file__).parent.parent / "billing" / "templates" / "mail"
 GROUP_MAILS = {
@@ -36,31 +36,12 @@ GROUP_MAILS = {
     "group_seats_full",
 }
 """Mails about an organisation's seats, to its admins, members and invitees."""
-BRAND = {
-    "PUBLICATION_NAME": "The Daily Meridian",
-    "PUBLICATION_URL": "https://meridian.example",
-    "PUBLICATION_ACCENT": "#8a1c1c",
-    "PUBLICATION_LOGO": "https://meridian.example/logo.png",
-    "SUPPORT_EMAIL": "help@meridian.example",
-    "TERMS_URL": "https://meridian.example/terms",
-    "PRIVACY_URL": "https://meridian.example/privacy",
-    "IMPRINT_URL": "https://meridian.example/imprint",
-}
 
 
 @pytest.fixture
-def app_config(
-    app_config: dict[str, Any],
-    smtp_server: tuple[Collector, int],  # noqa: F811 - the fixture imported above
-) -> dict[str, Any]:
-    """Mail goes to the local SMTP server, under the demo newspaper's brand."""
-    _, port = smtp_server
-    return {
-        **app_config,
-        **BRAND,
-        "SMTP_URL": f"smtp://127.0.0.1:{port}",
-        "MAIL_FROM": "The Daily Meridian <billing@meridian.example>",
-    }
+def app_config(app_config: dict[str, Any], branded_mail: dict[str, Any]) -> dict[str, Any]:
+    """Mail goes to the local SMTP server, under the demo newspaper's brand with its logo."""
+    return {**app_config, **branded_mail, "PUBLICATION_LOGO": "https://meridian.example/logo.png"}
 
 
 class _Html(HTMLParser):
@@ -124,7 +105,7 @@ def test_account_trial_and_payment_mails_arrive_in_both_parts_in_the_publication
     session: Session,
     clock: FixedClock,
     runner: FlaskCliRunner,
-    smtp_server: tuple[Collector, int],  # noqa: F811
+    smtp_server: tuple[Collector, int],
 ) -> None:
     collector, _ = smtp_server
     client = app.test_client()
@@ -189,7 +170,7 @@ def test_the_mails_about_an_organisations_seats_arrive_in_both_parts_in_the_publ
     app: Flask,
     session: Session,
     clock: FixedClock,
-    smtp_server: tuple[Collector, int],  # noqa: F811
+    smtp_server: tuple[Collector, int],
 ) -> None:
     collector, _ = smtp_server
     rules = groups.GroupRules()

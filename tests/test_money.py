@@ -17,18 +17,11 @@ from tests.payments_support import (
     only_subscription,
     plans_on_sale,
     reader_with_card,
-    real_now,
     save_card,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time, as localstripe's."""
-    return FixedClock(real_now())
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 
 def test_after_subscribe_switch_refund_fail_and_recover_the_invoices_equal_stripes_to_the_cent(

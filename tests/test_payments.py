@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from billing.clock import FixedClock
 from billing.errors import ValidationFailed
 from billing.gateway import StripeGateway
-from billing.leases import RetryPolicy
 from billing.models import (
     AuditLog,
     Invoice,
@@ -37,36 +36,19 @@ from tests.payments_support import (
     MASTERCARD,
     THREE_D_SECURE_THEN_DECLINED,
     VISA,
-    event,
     ledger,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
-    real_now,
     save_card,
+    store_and_handle,
 )
 from tests.stripe_server import LocalstripeServer
-from webhooks import store
-from webhooks.process import Outcome, process
+from webhooks.process import Outcome
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
 GRACE = timedelta(days=7)
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
-
-
-@pytest.fixture
-def plans(
-    stripe: LocalstripeServer, app: Flask, session: Session, gateway: StripeGateway
-) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 @pytest.fixture
@@ -85,27 +67,6 @@ def decide(reader: Reader, session: Session, clock: FixedClock) -> entitlements.
     """The entitlement decision for ``reader`` now, from the database as it stands."""
     session.expire_all()
     return entitlements.decide(reader, clock.now(), past_due_grace=GRACE)
-
-
-def handle(
-    app: Flask, event_type: str, stripe_object: dict[str, Any], clock: FixedClock
-) -> Outcome:
-    """Store a Stripe event as the webhook does (without the HTTP part), then have a worker
-    claim and handle it."""
-    policy = RetryPolicy.from_config(dict(app.config))
-    session = app.extensions["db_sessionmaker"]()
-    try:
-        row_id, _new = store.store(
-            session, event(event_type, stripe_object, created=clock.now()), now=clock.now()
-        )
-        claimed = store.claim_for_replay(
-            session, row_id, now=clock.now(), worker="test-worker", lease=policy.lease
-        )
-        session.commit()
-        assert claimed
-    finally:
-        session.close()
-    return process(row_id, app.extensions["stripe_gateway"], worker="test-worker", policy=policy)
 
 
 def test_subscribing_without_a_trial_starts_at_once_and_mirrors_the_paid_invoice(
@@ -428,7 +389,9 @@ def test_a_declined_payment_later_makes_it_past_due_mails_the_reader_and_a_new_c
     failed_invoice = session.scalars(
         select(Invoice).where(Invoice.status == InvoiceStatus.OPEN)
     ).one()
-    outcome = handle(app, "invoice.payment_failed", {"id": failed_invoice.stripe_id}, clock)
+    outcome = store_and_handle(
+        app, "invoice.payment_failed", {"id": failed_invoice.stripe_id}, clock
+    )
     assert outcome == Outcome.PROCESSED
     assert len(failure_mails()) == 1, "one mail per failure, however it is reported"
     decision = decide(reader, session, clock)
@@ -450,9 +413,8 @@ def test_a_declined_payment_later_makes_it_past_due_mails_the_reader_and_a_new_c
         ("past_due", 1000, 1000),
         ("recovered", 1000, 1000),
     ]
-    assert handle(app, "invoice.payment_failed", {"id": failed_invoice.stripe_id}, clock) == (
-        Outcome.PROCESSED
-    )
+    failed = {"id": failed_invoice.stripe_id}
+    assert store_and_handle(app, "invoice.payment_failed", failed, clock) == Outcome.PROCESSED
     assert len(failure_mails()) == 1, "a failure already fixed mails nobody"
 
 

@@ -29,18 +29,11 @@ from tests.payments_support import (
     ledger,
     plans_on_sale,
     reader_with_card,
-    real_now,
     save_card,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time, as localstripe's."""
-    return FixedClock(real_now())
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 
 def invoke(runner: FlaskCliRunner, *args: str, exit_code: int = 0) -> str:

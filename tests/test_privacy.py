@@ -11,15 +11,14 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from billing.clock import FixedClock
 from billing.gateway import StripeGateway
 from billing.models import AuditLog, Customer, Invoice, Reader, Trial, TrialStatus
 from billing.services import payments, trials
 from billing.services.privacy import erased_email_hash
 from tests import factories
-from tests.conftest import post_form
+from tests.conftest import post_form, real_now
 from tests.helpers import login
-from tests.payments_support import only_subscription, plans_on_sale, reader_with_card, real_now
+from tests.payments_support import only_subscription, plans_on_sale, reader_with_card
 from tests.stripe_server import LocalstripeServer
 
 
@@ -44,12 +43,6 @@ def test_a_reader_downloads_their_data_as_json_without_secrets(
 
 def test_the_data_download_needs_a_login(client: FlaskClient) -> None:
     assert client.get("/account/data").status_code == 302
-
-
-@pytest.fixture
-def real_clock() -> FixedClock:
-    """The app's clock at the real time, as localstripe's."""
-    return FixedClock(real_now())
 
 
 @pytest.mark.usefixtures("stripe")

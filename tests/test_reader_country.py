@@ -18,68 +18,32 @@ from billing.clock import FixedClock
 from billing.errors import ValidationFailed
 from billing.gateway import StripeGateway
 from billing.models import AuditLog, Customer, Invoice, Plan, Reader, Subscription, TaxRate
-from billing.services import payments, reader_country, stripe_mirror, taxes
+from billing.services import reader_country, taxes
 from billing.services.vat import TaxKind
 from billing.views.account import long_date
 from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
 from tests.payments_support import (
+    GERMAN_CARD,
     expected_tax,
     only_subscription,
-    plans_on_sale,
-    reader_with_card,
-    real_now,
+    subscribed_reader,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe", "publisher_in_belgium"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
-GERMAN_CARD = "4000002760000016"
-FRENCH_CARD = "4000002500000003"
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(real_now())
-
-
-@pytest.fixture
-def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
-    """A publisher in Belgium."""
-    app_config["PUBLISHER_COUNTRY"] = "BE"
-    return app_config
-
-
-@pytest.fixture
-def plans(app: Flask, gateway: StripeGateway, session: Session) -> dict[str, Plan]:
-    """The demo plans (12.00 EUR a month) on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 def german_subscriber(
     session: Session, gateway: StripeGateway, stripe: LocalstripeServer, clock: FixedClock
 ) -> Reader:
     """A reader in Germany with a German card, subscribed monthly (one invoice, 7 % DE)."""
-    reader = reader_with_card(
-        session,
-        gateway,
-        stripe,
-        clock.now(),
-        number=GERMAN_CARD,
-        country="DE",
-        email="greta@example.org",
+    return subscribed_reader(
+        session, gateway, stripe, clock, "DE", MONTHLY, card=GERMAN_CARD, email="greta@example.org"
     )
-    customer = stripe_mirror.customer_of(session, reader)
-    assert customer is not None
-    taxes.record_country_evidence(
-        session, gateway, customer, "DE", confirmed=False, now=clock.now()
-    )
-    payments.subscribe(session, gateway, reader, MONTHLY, now=clock.now())
-    session.commit()
-    return reader
 
 
 def audit_actions(session: Session) -> list[str]:

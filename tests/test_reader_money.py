@@ -24,60 +24,26 @@ from billing.services import notices, payments
 from billing.worker import Worker
 from tests.helpers import login
 from tests.payments_support import (
+    GERMAN_CARD,
     MASTERCARD,
     forget_the_mirror,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
-    real_now,
     save_card,
 )
+from tests.smtp_server import Collector
 from tests.stripe_server import LocalstripeServer
-from tests.test_smtp import Collector, smtp_server  # noqa: F401 - the SMTP server fixture
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
-GERMAN_VISA = "4000002760000016"
 INVOICE_NUMBER = re.compile(r"\b[0-9A-F]{8}-\d{4}\b")
-BRAND = {
-    "PUBLICATION_NAME": "The Daily Meridian",
-    "PUBLICATION_URL": "https://meridian.example",
-    "PUBLICATION_ACCENT": "#8a1c1c",
-    "SUPPORT_EMAIL": "help@meridian.example",
-    "TERMS_URL": "https://meridian.example/terms",
-    "PRIVACY_URL": "https://meridian.example/privacy",
-    "IMPRINT_URL": "https://meridian.example/imprint",
-}
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
-
-
-@pytest.fixture
-def app_config(
-    app_config: dict[str, Any],
-    smtp_server: tuple[Collector, int],  # noqa: F811 - the fixture imported above
-) -> dict[str, Any]:
+def app_config(app_config: dict[str, Any], branded_mail: dict[str, Any]) -> dict[str, Any]:
     """Mail goes to the local SMTP server, under the demo newspaper's brand."""
-    _, port = smtp_server
-    return {
-        **app_config,
-        **BRAND,
-        "SMTP_URL": f"smtp://127.0.0.1:{port}",
-        "MAIL_FROM": "The Daily Meridian <billing@meridian.example>",
-    }
-
-
-@pytest.fixture
-def plans(
-    stripe: LocalstripeServer, app: Flask, session: Session, gateway: StripeGateway
-) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
+    return {**app_config, **branded_mail}
 
 
 @pytest.fixture
@@ -116,7 +82,7 @@ def test_every_money_event_mails_the_reader_once_in_the_publications_brand(
     gateway: StripeGateway,
     stripe: LocalstripeServer,
     clock: FixedClock,
-    smtp_server: tuple[Collector, int],  # noqa: F811
+    smtp_server: tuple[Collector, int],
 ) -> None:
     collector, _ = smtp_server
     now = clock.now()
@@ -236,7 +202,7 @@ def test_a_switch_back_to_monthly_with_vat_inside_leaves_the_credit_the_preview_
 ) -> None:
     now = clock.now()
     german = reader_with_card(
-        session, gateway, stripe, now, number=GERMAN_VISA, email="jonas@example.org", country="DE"
+        session, gateway, stripe, now, number=GERMAN_CARD, email="jonas@example.org", country="DE"
     )
     payments.subscribe(session, gateway, german, MONTHLY, now=now)
     payments.switch_plan(session, gateway, german, YEARLY, now=now)
@@ -446,7 +412,7 @@ def test_reconciling_old_invoices_into_an_empty_mirror_mails_no_receipts(
     session: Session,
     gateway: StripeGateway,
     clock: FixedClock,
-    smtp_server: tuple[Collector, int],  # noqa: F811
+    smtp_server: tuple[Collector, int],
 ) -> None:
     collector, _ = smtp_server
     payments.subscribe(session, gateway, reader, MONTHLY, now=clock.now())

@@ -20,19 +20,9 @@ from billing.errors import ValidationFailed
 from billing.models import ApiClient, Reader, SubscriptionStatus, TrialStatus
 from billing.services import accounts
 from tests import factories
-from tests.conftest import Outbox, post_form
+from tests.conftest import BRAND, Outbox, post_form
 from tests.helpers import login
 from tests.test_access import access, news  # noqa: F401 - the newspaper's API client fixture
-
-BRAND = {
-    "PUBLICATION_NAME": "The Daily Meridian",
-    "PUBLICATION_URL": "https://meridian.example",
-    "PUBLICATION_ACCENT": "#8a1c1c",
-    "SUPPORT_EMAIL": "help@meridian.example",
-    "TERMS_URL": "https://meridian.example/terms",
-    "PRIVACY_URL": "https://meridian.example/privacy",
-    "IMPRINT_URL": "https://meridian.example/imprint",
-}
 
 
 @pytest.fixture

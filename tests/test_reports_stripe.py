@@ -15,17 +15,10 @@ from tests.payments_support import (
     VISA,
     plans_on_sale,
     reader_with_card,
-    real_now,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time, as localstripe's."""
-    return FixedClock(real_now())
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 
 def test_the_paid_invoices_of_the_revenue_report_are_what_stripe_holds(

@@ -35,16 +35,14 @@ from tests.payments_support import (
     WEBHOOK_SECRET,
     event,
     ledger,
-    plans_on_sale,
     post_event,
     reader_with_card,
-    real_now,
 )
 from tests.stripe_server import LocalstripeServer
 from webhooks.process import Outcome
 from webhooks.verify import sign
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
 SUBSCRIPTIONS = 5
@@ -59,24 +57,12 @@ and a single call to the stalled Stripe would take ``STALL_DETECTOR`` seconds.""
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(real_now())
-
-
-@pytest.fixture
 def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     """Webhooks signed with the tests' secret; Stripe calls give up after a second."""
     app_config["STRIPE_WEBHOOK_SECRETS"] = [WEBHOOK_SECRET]
     app_config["STRIPE_CONNECT_TIMEOUT"] = 1
     app_config["STRIPE_READ_TIMEOUT"] = 1
     return app_config
-
-
-@pytest.fixture
-def plans(app: Flask, session: Session, gateway: StripeGateway) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 def timed(call: Callable[[], int]) -> tuple[int, float]:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -31,6 +27,7 @@ from billing.services.vat import (
     rate_table,
     tax_treatment,
 )
+from tests.helpers import StandInHandler, serving
 
 ON = date(2026, 3, 1)
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -209,7 +206,7 @@ def test_country_evidence_agrees_when_the_card_is_from_the_declared_country_or_u
 # --- VIES ----------------------------------------------------------------------------------------
 
 
-class _Vies(BaseHTTPRequestHandler):
+class _Vies(StandInHandler):
     """VIES's REST answer: registered numbers end in an even digit; ``DE999999999`` errors."""
 
     def do_GET(self) -> None:
@@ -219,27 +216,16 @@ class _Vies(BaseHTTPRequestHandler):
             self.send_response(500)
             self.end_headers()
             return
-        body = json.dumps(
+        self.send_json(
             {"isValid": int(number[-1]) % 2 == 0, "name": "Example GmbH", "path": self.path}
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        """Quiet."""
+        )
 
 
 @pytest.fixture
 def vies_url() -> Iterator[str]:
     """A VIES stand-in on a free port."""
-    server = HTTPServer(("127.0.0.1", 0), _Vies)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/vies"
-    server.shutdown()
-    server.server_close()
+    with serving(_Vies) as base:
+        yield f"{base}/vies"
 
 
 def test_vies_confirms_a_registered_vat_id_and_the_answer_is_dated(vies_url: str) -> None:

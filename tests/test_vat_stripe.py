@@ -29,70 +29,22 @@ from billing.services.vat import (
     rate_table,
 )
 from tests import factories
+from tests.conftest import real_now
 from tests.payments_support import (
+    FRENCH_CARD,
+    GERMAN_CARD,
     expected_tax,
     ministry_group,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
-    real_now,
+    subscribed_reader,
 )
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe", "publisher_in_belgium"), pytest.mark.wall_clock]
 
 MONTHLY, YEARLY = "individual-monthly", "individual-yearly"
-GERMAN_CARD = "4000002760000016"
 BELGIAN_CARD = "4000000560000004"
-FRENCH_CARD = "4000002500000003"
-GENERIC_CARD = "4242424242424242"  # issued in BE on the stand-in (billing.devstripe)
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
-
-
-@pytest.fixture
-def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
-    """A publisher in Belgium."""
-    app_config["PUBLISHER_COUNTRY"] = "BE"
-    return app_config
-
-
-@pytest.fixture
-def plans(
-    stripe: LocalstripeServer, app: Flask, session: Session, gateway: StripeGateway
-) -> dict[str, Plan]:
-    """The demo plans (12.00 EUR a month, 120.00 a year), on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
-
-
-def subscribed_reader(
-    session: Session,
-    gateway: StripeGateway,
-    stripe: LocalstripeServer,
-    clock: FixedClock,
-    country: str,
-    plan_code: str,
-    *,
-    card: str = GENERIC_CARD,
-    email: str = "reader@example.org",
-) -> Reader:
-    """A reader living in ``country`` who gave it on the subscribe form (confirming it when the
-    card says otherwise) and subscribed to ``plan_code``."""
-    now = clock.now()
-    reader = reader_with_card(
-        session, gateway, stripe, now, number=card, country=country, email=email
-    )
-    customer = stripe_mirror.customer_of(session, reader)
-    assert customer is not None
-    confirmed = customer.card_country != country
-    taxes.record_country_evidence(session, gateway, customer, country, confirmed=confirmed, now=now)
-    payments.subscribe(session, gateway, reader, plan_code, now=now)
-    session.commit()
-    return reader
 
 
 def german_reader(

@@ -13,38 +13,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
-from billing.gateway import StripeGateway
 from billing.models import Customer, Invoice, Plan, Reader, Subscription
 from tests import factories
 from tests.conftest import post_form
 from tests.helpers import login
-from tests.payments_support import plans_on_sale, real_now
+from tests.payments_support import FRENCH_CARD, GERMAN_CARD
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe", "publisher_in_belgium"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
-GERMAN_CARD = "4000002760000016"
-FRENCH_CARD = "4000002500000003"
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(real_now())
-
-
-@pytest.fixture
-def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
-    """A publisher in Belgium."""
-    app_config["PUBLISHER_COUNTRY"] = "BE"
-    return app_config
-
-
-@pytest.fixture
-def plans(app: Flask, gateway: StripeGateway, session: Session) -> dict[str, Plan]:
-    """The demo plans on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 @pytest.fixture

@@ -33,16 +33,10 @@ from billing.services import api_clients, groups
 from billing.services.entitlements import Reason, decide
 from tests import factories
 from tests.conftest import Outbox, csrf_token, post_form
-from tests.payments_support import VISA, plans_on_sale, real_now
+from tests.payments_support import VISA, order_group, plans_on_sale
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 
 @pytest.fixture
@@ -174,12 +168,8 @@ def _group_by_invoice(client: FlaskClient, session: Session, gateway: StripeGate
     admin = factories.reader(email="boss@ministry.example")
     session.commit()
     _login(client, admin.email)
-    token = csrf_token(client, "/groups/new")
-    response = client.post(
-        "/groups/new", data={**ORDER, "payment": "invoice", "confirm": "yes", "csrf_token": token}
-    )
-    assert response.status_code == 302
-    return session.scalars(select(Group)).one()
+    group, _ = order_group(client, session, payment="invoice", vat_id=ORDER["vat_id"])
+    return group
 
 
 def test_seats_change_on_stripe_after_the_price_difference_is_shown_never_below_the_members(
@@ -227,10 +217,7 @@ def _paid_group_halfway_through_its_year(
     admin = factories.reader(email="boss@ministry.example")
     session.commit()
     _login(client, admin.email)
-    order = {**ORDER, "vat_id": "", "payment": "invoice", "confirm": "yes"}
-    token = csrf_token(client, "/groups/new")
-    assert client.post("/groups/new", data={**order, "csrf_token": token}).status_code == 302
-    group = session.scalars(select(Group)).one()
+    group, _ = order_group(client, session, payment="invoice")
     show = f"/groups/{group.public_id}"
     client.post(f"{show}/dev/bank-transfer", data={"csrf_token": csrf_token(client, show)})
     session.expire_all()

@@ -7,7 +7,7 @@ The card form's browser half (Stripe.js confirming a SetupIntent) is played by t
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -34,20 +34,13 @@ from billing.views.payments import money
 from tests import factories
 from tests.conftest import Outbox, csrf_token, post_form
 from tests.helpers import login
+from tests.payments_support import DECLINED_ON_CHARGE, VISA
 from tests.stripe_server import LocalstripeServer
 
-VISA = "4242424242424242"
-DECLINED_ON_CHARGE = "4000000000000341"
 MONTHLY = "individual-monthly"
 YEARLY = "individual-yearly"
 
-pytestmark = pytest.mark.usefixtures("stripe")
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(datetime.now(UTC))
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 
 @pytest.fixture

@@ -14,16 +14,10 @@ from billing.services import payments
 from tests import factories
 from tests.conftest import csrf_token
 from tests.helpers import login
-from tests.payments_support import only_subscription, plans_on_sale, reader_with_card, real_now
+from tests.payments_support import only_subscription, plans_on_sale, reader_with_card
 from tests.stripe_server import LocalstripeServer
 
-pytestmark = pytest.mark.usefixtures("stripe")
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time, as localstripe's."""
-    return FixedClock(real_now())
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 
 def test_support_cancels_at_period_end_and_finance_refunds_part_of_an_invoice(

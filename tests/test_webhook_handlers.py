@@ -47,7 +47,6 @@ from tests.payments_support import (
     plans_on_sale,
     post_event,
     reader_with_card,
-    real_now,
     wait_for,
 )
 from tests.stripe_server import LocalstripeServer
@@ -57,7 +56,7 @@ from webhooks.registry import HANDLERS, handler_for
 
 PROCESSED = WebhookEventStatus.PROCESSED
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
 REQUIRED_TYPES = {
@@ -84,22 +83,10 @@ REQUIRED_TYPES = {
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe signs its deliveries with the wall clock."""
-    return FixedClock(real_now())
-
-
-@pytest.fixture
 def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     """The test app, verifying webhooks with the secret the tests sign (and register) with."""
     app_config["STRIPE_WEBHOOK_SECRETS"] = [WEBHOOK_SECRET]
     return app_config
-
-
-@pytest.fixture
-def plans(app: Flask, session: Session, gateway: StripeGateway) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ real localstripe, with the outbox as the console backend keeps it)."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -15,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from billing.clock import FixedClock
 from billing.gateway import StripeGateway
-from billing.leases import RetryPolicy
 from billing.models import Invoice, InvoiceStatus, OutboxMessage, Plan, Reader, SubscriptionStatus
 from billing.services import groups, payments, stripe_mirror
 from tests import factories
@@ -23,62 +21,25 @@ from tests.conftest import Outbox
 from tests.payments_support import (
     DECLINED_ON_CHARGE,
     VISA,
-    event,
     ministry_group,
     only_subscription,
-    plans_on_sale,
     reader_with_card,
-    real_now,
     save_card,
+    store_and_handle,
 )
 from tests.stripe_server import LocalstripeServer
-from webhooks import store
-from webhooks.process import Outcome, process
+from webhooks.process import Outcome
 
-pytestmark = pytest.mark.usefixtures("stripe")
+pytestmark = [pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 MONTHLY = "individual-monthly"
 THREE_D_SECURE = "4000002500003155"
 """A card whose bank asks for 3-D Secure on every payment and then pays (localstripe's list)."""
 
 
-@pytest.fixture
-def clock() -> FixedClock:
-    """The app's clock at the real time: localstripe stamps its objects with the wall clock."""
-    return FixedClock(real_now())
-
-
-@pytest.fixture
-def plans(
-    stripe: LocalstripeServer, app: Flask, session: Session, gateway: StripeGateway
-) -> dict[str, Plan]:
-    """The demo plans, on sale in this test's localstripe."""
-    return plans_on_sale(session, gateway)
-
-
 def welcomes(outbox: Outbox, to: str | None = None) -> list[OutboxMessage]:
     """The welcome mails in the outbox (to ``to`` only, when given)."""
     return [m for m in outbox.all(to) if m.subject.startswith("Welcome to ")]
-
-
-def handle(
-    app: Flask, event_type: str, stripe_object: dict[str, Any], clock: FixedClock
-) -> Outcome:
-    """Store a Stripe event as the webhook does, then have a worker claim and handle it."""
-    policy = RetryPolicy.from_config(dict(app.config))
-    session = app.extensions["db_sessionmaker"]()
-    try:
-        row_id, _new = store.store(
-            session, event(event_type, stripe_object, created=clock.now()), now=clock.now()
-        )
-        claimed = store.claim_for_replay(
-            session, row_id, now=clock.now(), worker="test-worker", lease=policy.lease
-        )
-        session.commit()
-        assert claimed
-    finally:
-        session.close()
-    return process(row_id, app.extensions["stripe_gateway"], worker="test-worker", policy=policy)
 
 
 def test_a_first_payment_confirmed_with_3d_secure_welcomes_the_reader_once(
@@ -104,7 +65,8 @@ def test_a_first_payment_confirmed_with_3d_secure_welcomes_the_reader_once(
 
     # Stripe reports the payment, and the page the bank sends the reader back to looks too.
     for _ in range(2):
-        assert handle(app, "invoice.payment_succeeded", {"id": invoice.stripe_id}, clock) == (
+        succeeded = {"id": invoice.stripe_id}
+        assert store_and_handle(app, "invoice.payment_succeeded", succeeded, clock) == (
             Outcome.PROCESSED
         )
     stripe_mirror.sync_subscription(
@@ -141,7 +103,9 @@ def test_a_declined_first_payment_paid_with_another_card_welcomes_the_reader_onc
     assert len(welcomes(outbox, reader.email)) == 1
     invoice = session.scalars(select(Invoice)).one()
     for event_type in ("invoice.payment_succeeded", "invoice.paid", "invoice.payment_succeeded"):
-        assert handle(app, event_type, {"id": invoice.stripe_id}, clock) == Outcome.PROCESSED
+        assert (
+            store_and_handle(app, event_type, {"id": invoice.stripe_id}, clock) == Outcome.PROCESSED
+        )
     assert len(welcomes(outbox)) == 1, "a replayed event welcomes nobody again"
 
 
@@ -169,7 +133,7 @@ def test_a_first_payment_that_went_through_at_once_welcomes_once_and_a_renewal_n
     )
     assert gateway.pay_invoice(renewal["id"]).status == InvoiceStatus.PAID
     for event_type in ("invoice.payment_succeeded", "invoice.paid"):
-        assert handle(app, event_type, {"id": renewal["id"]}, clock) == Outcome.PROCESSED
+        assert store_and_handle(app, event_type, {"id": renewal["id"]}, clock) == Outcome.PROCESSED
     stripe_mirror.sync_subscription(
         session, gateway, outcome.subscription.stripe_id, now=clock.now()
     )
@@ -247,7 +211,7 @@ def test_a_groups_first_payment_confirmed_with_3d_secure_welcomes_nobody(
     assert intent is not None and intent.client_secret is not None
     stripe.authenticate_payment_intent(intent.id, intent.client_secret, success=True)
 
-    assert handle(app, "invoice.payment_succeeded", {"id": invoice.stripe_id}, clock) == (
+    assert store_and_handle(app, "invoice.payment_succeeded", {"id": invoice.stripe_id}, clock) == (
         Outcome.PROCESSED
     )
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -34,18 +33,12 @@ from tests.payments_support import plans_on_sale
 from tests.stripe_server import LocalstripeServer
 from tests.test_newspaper import load_newspaper
 
-pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("stripe")]
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 Screenshot = Callable[[Page, str], Path]
 ARTICLE = "/articles/veldoria-coalition-talks"
 OFFICE = "81.2.69.0/24"
 VISITOR = "81.2.69.10"
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(datetime.now(UTC).replace(microsecond=0))
 
 
 @pytest.fixture

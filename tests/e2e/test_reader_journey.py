@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -23,30 +23,15 @@ from billing.models import Invoice, StaffRole
 from billing.services import api_clients
 from tests import factories
 from tests.browser import LiveServer
-from tests.conftest import Outbox
+from tests.conftest import BRAND, Outbox
 from tests.e2e.test_subscribe_journey import log_in, make_reader
 from tests.stripe_server import LocalstripeServer
 from tests.test_views_payments import create_plans
 
-pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("stripe")]
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 Screenshot = Callable[[Page, str], Path]
-BRAND = {
-    "PUBLICATION_NAME": "The Daily Meridian",
-    "PUBLICATION_URL": "https://meridian.example",
-    "PUBLICATION_ACCENT": "#8a1c1c",
-    "SUPPORT_EMAIL": "help@meridian.example",
-    "TERMS_URL": "https://meridian.example/terms",
-    "PRIVACY_URL": "https://meridian.example/privacy",
-    "IMPRINT_URL": "https://meridian.example/imprint",
-}
 ACCOUNT_URL = re.compile(r"/account/?$")
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(datetime.now(UTC))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from tests.browser import LiveServer
 from tests.stripe_server import LocalstripeServer
 from tests.test_views_payments import create_plans
 
-pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("stripe")]
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 Screenshot = Callable[[Page, str], Path]
 ACCOUNT_URL = re.compile(r"/account/?$")
@@ -31,12 +31,6 @@ DONE_URL = re.compile(r"/subscribe/done$")
 VISA = "4242424242424242"
 DECLINED_ON_CHARGE = "4000000000000341"
 THREE_D_SECURE = "4000008260003178"
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(datetime.now(UTC))
 
 
 @pytest.fixture

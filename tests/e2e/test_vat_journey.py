@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from tests.stripe_server import LocalstripeServer
 from tests.test_group_vat import stripe_tax_ids
 from tests.test_views_payments import create_plans
 
-pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("stripe")]
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("stripe"), pytest.mark.wall_clock]
 
 Screenshot = Callable[[Page, str], Path]
 GERMAN_CARD = "4000002760000016"
@@ -38,12 +38,6 @@ AUSTRIAN_VAT_ID = "ATU13585627"
 WRONG_CHECK_DIGIT = "NL004495446B01"
 IN_AUSTRIA = ("AT", AUSTRIAN_VAT_ID, AUSTRIAN_VAT_ID, "AT", "reverse", [AUSTRIAN_VAT_ID])
 """What :func:`tax_details_everywhere` finds for an organisation reverse-charged in Austria."""
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    """Real time, standing still: localstripe stamps its objects with the real clock."""
-    return FixedClock(datetime.now(UTC))
 
 
 @pytest.fixture

@@ -116,7 +116,7 @@ def invoice(
     vat_id: str | None = None,
 ) -> Invoice:
     """An invoice of ``owner`` issued (and, when paid, paid) at ``at``."""
-    paid = total if status == InvoiceStatus.PAID else 0
+    paid = max(total, 0) if status == InvoiceStatus.PAID else 0  # a credit is paid with nothing
     row = Invoice(
         stripe_id=f"in_h{next(_ids)}",
         number=f"H-{next(_ids):06d}",

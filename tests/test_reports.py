@@ -114,6 +114,22 @@ def test_the_vat_return_uses_the_rate_an_invoice_was_taxed_at_not_one_guessed_fr
     assert {(r["country"], str(r["rate"])) for r in rows(table)} == {("FR", "2.1")}
 
 
+def test_a_credit_invoice_takes_its_net_and_vat_off_the_revenue_and_the_vat_return(
+    session: Session,
+) -> None:
+    """A switch to a cheaper plan issues an invoice whose total (and VAT) Stripe makes negative."""
+    french = history.customer(session, at(9, 1), country="FR")
+    history.invoice(session, french, at(10, 5), 12000, 250)
+    history.invoice(session, french, at(10, 20), -10800, -225)
+
+    [line] = rows(build(session, "vat", Q4))
+    revenue = build(session, "invoices", Q4)
+
+    assert (line["country"], line["rate"], line["invoices"]) == ("FR", Decimal("2.1"), 2)
+    assert (line["taxable"], line["vat"]) == (1200 - 25, 25), "one line at the rate of both"
+    assert revenue.totals[0][7:10] == (1200 - 25, 25, 1200), "net, VAT, gross"
+
+
 def test_a_quarter_with_nothing_sold_is_a_nil_return(session: Session) -> None:
     table = build(session, "vat", Q4)
 

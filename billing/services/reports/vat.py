@@ -103,11 +103,13 @@ class _Sums:
 
 
 def rate_of(total: int, tax: int) -> Decimal:
-    """The VAT rate in % an inclusive ``total`` with ``tax`` was charged at, to 0.1."""
+    """The VAT rate in % an inclusive ``total`` with ``tax`` was charged at, to 0.1; a credit
+    (both negative) was charged at the rate of its amounts too."""
     net = total - tax
-    if net <= 0 or tax <= 0:
+    if net == 0 or tax == 0 or (net > 0) != (tax > 0):
         return Decimal("0.0")
-    return (Decimal(tax) * 100 / Decimal(net)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    exact = Decimal(abs(tax)) * 100 / Decimal(abs(net))
+    return exact.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
 
 
 def invoice_rate(invoice: Invoice) -> Decimal:

@@ -12,7 +12,8 @@ The API also runs :func:`check_json_body`: a request with a body (POST, PUT, PAT
 ``application/json`` in UTF-8 (a ``charset`` other than ``utf-8`` is a 415, so are other or missing
 content types); the body must be UTF-8, JSON without ``NaN``/``Infinity``, at most
 :data:`MAX_JSON_DEPTH` deep, and its strings (member names included) pass the same text check.
-Views read the parsed body with :func:`json_body`.
+Views read the parsed body with :func:`json_body`. The pages run :func:`check_form_body`: a JSON
+body there is a 415 (the pages' forms are forms).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class InvalidJson(ValidationFailed):
 
 
 class UnsupportedMediaType(DomainError):
-    """The body is not ``application/json`` in UTF-8."""
+    """The body is not of the type the app reads (the API: ``application/json`` in UTF-8; the
+    pages: a form)."""
 
     status = 415
     code = "unsupported_media_type"
@@ -174,8 +176,20 @@ def _check_json_strings(value: Any) -> None:
             stack.extend((member, f"{path or ''}[{index}]") for index, member in enumerate(item))
 
 
+def check_form_body() -> None:
+    """Refuse a JSON body on a page: pages read forms, and Flask-WTF would read a JSON body as
+    the form's data (a JSON list or ``true`` as fields, nested as deep as it came)."""
+    if request.routing_exception is not None or request.method not in _BODY_METHODS:
+        return
+    if request.is_json:
+        raise UnsupportedMediaType(
+            "Send the form as application/x-www-form-urlencoded or multipart/form-data.",
+            field="Content-Type",
+        )
+
+
 def init_app(app: Flask, *, json_api: bool = False) -> None:
-    """Run the checks before every view of ``app`` (and the JSON body checks on the API)."""
+    """Run the checks before every view of ``app``: the JSON body checks on the API, the form
+    body check on the pages."""
     app.before_request(check_request)
-    if json_api:
-        app.before_request(check_json_body)
+    app.before_request(check_json_body if json_api else check_form_body)

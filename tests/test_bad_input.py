@@ -344,6 +344,19 @@ def test_application_json_with_or_without_charset_utf_8_is_read(
     assert response.get_json()["granted"] is False
 
 
+@pytest.mark.parametrize("body", ['{"email": "a@example.org"}', "[1]", "true", "[" * 5000])
+def test_a_json_body_sent_to_a_page_is_a_415_page_and_reads_no_form(
+    client: FlaskClient, session: Session, body: str
+) -> None:
+    """Flask-WTF would read it as the form (a list or ``true`` broke it, deep nesting too): with
+    the CSRF token in its header, as the pages' own scripts send it, it got that far."""
+    headers = {"Content-Type": "application/json", "X-CSRFToken": csrf_token(client, "/signup")}
+    response = client.post("/signup", data=body, headers=headers)
+
+    assert_page_error(response, 415, "application/x-www-form-urlencoded")
+    assert count(session, Reader) == 0
+
+
 # --- sizes: 413 and 414 ---------------------------------------------------------------------
 
 

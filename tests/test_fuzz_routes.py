@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
-from werkzeug.routing import Rule
+from werkzeug.routing import IntegerConverter, Rule
 
 from billing import create_app
 from billing.clock import FixedClock
@@ -108,6 +108,17 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, str | None]:
     return b"", None
 
 
+ROW_IDS = st.integers(min_value=0, max_value=2**80).map(str)
+"""Numbers for ``<int:...>`` ids, far beyond any row's (SQLite cannot bind one over 2**63)."""
+
+
+def _argument(rule: Rule, name: str) -> st.SearchStrategy[str]:
+    """What to put in a rule's path argument: numbers (huge ones too) or any text for an id."""
+    if isinstance(rule._converters.get(name), IntegerConverter):
+        return ROW_IDS | TEXT
+    return TEXT
+
+
 def _path(prefix: str, rule: Rule, values: dict[str, str]) -> str:
     def fill(match: re.Match[str]) -> str:
         return _encode(values[match.group(1)])
@@ -115,15 +126,25 @@ def _path(prefix: str, rule: Rule, values: dict[str, str]) -> str:
     return prefix + re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", fill, rule.rule)
 
 
+pytestmark = pytest.mark.usefixtures("stripe")
+
+
 @pytest.fixture
-def fuzz_config(app_config: dict[str, Any], stripe: Any) -> dict[str, Any]:
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    """CSRF and rate limits off, before the app is made of these settings (a fixture asking for
+    them after ``app`` changed nothing: the fuzzer's POSTs stopped at the CSRF check)."""
     app_config["WTF_CSRF_ENABLED"] = False
     app_config["RATELIMIT_ENABLED"] = False
     return app_config
 
 
+def test_the_fuzzed_app_takes_no_csrf_token_and_sets_no_rate_limit(app: Flask) -> None:
+    assert app.config["WTF_CSRF_ENABLED"] is False
+    assert app.config["RATELIMIT_ENABLED"] is False
+
+
 @pytest.fixture
-def admin(fuzz_config: dict[str, Any], session: Session) -> Reader:
+def admin(session: Session) -> Reader:
     reader = factories.reader(email="admin@tollgate.example", staff_role=StaffRole.ADMIN)
     session.commit()
     return reader
@@ -167,7 +188,7 @@ def test_no_generated_input_makes_a_5xx_and_every_error_has_its_shape(
     api_key: str,
 ) -> None:
     method = data.draw(st.sampled_from(sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})))
-    values = {name: data.draw(TEXT, label=name) for name in rule.arguments}
+    values = {name: data.draw(_argument(rule, name), label=name) for name in rule.arguments}
     path = _path(prefix, rule, values)
     query = _pairs(data.draw(PAIRS, label="query"))
     body, content_type = data.draw(bodies(), label="body") if method != "GET" else (b"", None)
@@ -181,3 +202,32 @@ def test_no_generated_input_makes_a_5xx_and_every_error_has_its_shape(
     assert response.status_code < 500, (method, path, query, body[:200], response.get_data()[:500])
     if response.status_code >= 400:
         _assert_error_shape(path, response.status_code, response)
+
+
+INT_RULES = [
+    (prefix, rule)
+    for prefix, rule in RULES
+    if any(isinstance(c, IntegerConverter) for c in rule._converters.values())
+]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "rule"), INT_RULES, ids=[f"{prefix}{rule.rule}" for prefix, rule in INT_RULES]
+)
+def test_an_id_no_row_can_have_is_not_found_before_it_reaches_the_database(
+    prefix: str, rule: Rule, client: FlaskClient, admin: Reader, session: Session
+) -> None:
+    """Ids are 32-bit; SQLite cannot even bind a number over 2**63 (it raised OverflowError)."""
+    group = factories.group_with_seats(1)
+    session.commit()
+    values = {
+        name: str(2**64) if isinstance(rule._converters[name], IntegerConverter) else "x"
+        for name in rule.arguments
+    }
+    values |= {"public_id": group.public_id} if "public_id" in values else {}
+    login(client, admin)
+    method = sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})[0]
+
+    response = client.open(_path(prefix, rule, values), method=method)
+
+    assert response.status_code == 404, (method, rule.rule, response.get_data()[:300])

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask
+from werkzeug.routing import IntegerConverter, Map
+
+ROW_ID_MAX = 2**31 - 1
+"""The largest id a row can have (ids are PostgreSQL ``integer`` columns)."""
+
+
+class RowIdConverter(IntegerConverter):
+    """``<int:...>`` in every route: a row id, at most :data:`ROW_ID_MAX`. A larger number is no
+    row's, so the route does not match (404) instead of reaching the database, where SQLite
+    cannot even bind it."""
+
+    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", ROW_ID_MAX)
+        super().__init__(url_map, *args, **kwargs)
 
 
 def register(app: Flask) -> None:
-    """Register every blueprint of the app."""
+    """Register every blueprint of the app (their ``<int:...>`` ids bounded: :class:`RowIdConverter`)."""
+    app.url_map.converters["int"] = RowIdConverter
     from billing.views import (
         access,
         account,

@@ -142,7 +142,8 @@ def live_server(request: pytest.FixtureRequest, app_config: dict[str, Any]) -> I
     """The test's app served on a free local port in a background thread."""
 
     def build(url: str) -> Flask:
-        app_config["PUBLIC_BASE_URL"] = url
+        if not getattr(app_config, "made", False):  # else the app exists: its config is set below
+            app_config["PUBLIC_BASE_URL"] = url
         app: Flask = request.getfixturevalue("app")
         app.config["PUBLIC_BASE_URL"] = url
         return app

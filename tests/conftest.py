@@ -102,20 +102,41 @@ def clock(request: pytest.FixtureRequest) -> FixedClock:
     return FixedClock(START)
 
 
+class AppSettings(dict[str, Any]):
+    """The test app's settings: changing one once the app is made is an error, not a no-op (a
+    fixture asked for after ``app`` once silently left CSRF on for a whole test module)."""
+
+    made = False
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self.made:
+            raise RuntimeError(
+                f"app_config[{key!r}] was changed after the app was made from it: "
+                "ask for the fixture that changes it before `app` (or change app.config)"
+            )
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+
 @pytest.fixture
 def app_config(database_url: str, clock: FixedClock) -> dict[str, Any]:
     """Settings for the test app; tests may change them before asking for ``app``."""
-    return {
-        "TESTING": True,
-        "DATABASE_URL": database_url,
-        "SECRET_KEYS": [TEST_SECRET],
-        "CLOCK": clock,
-        "SMTP_URL": "",
-        "PUBLIC_BASE_URL": "http://localhost",
-        "SERVER_NAME": None,
-        "STRIPE_API_BASE": NO_STRIPE,
-        "STRIPE_JS_URL": f"{NO_STRIPE}/js.stripe.com/v3/",
-    }
+    return AppSettings(
+        {
+            "TESTING": True,
+            "DATABASE_URL": database_url,
+            "SECRET_KEYS": [TEST_SECRET],
+            "CLOCK": clock,
+            "SMTP_URL": "",
+            "PUBLIC_BASE_URL": "http://localhost",
+            "SERVER_NAME": None,
+            "STRIPE_API_BASE": NO_STRIPE,
+            "STRIPE_JS_URL": f"{NO_STRIPE}/js.stripe.com/v3/",
+        }
+    )
 
 
 @pytest.fixture
@@ -168,6 +189,8 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     its own ``g`` and database session, as a real server does.
     """
     application = create_app(app_config)
+    if isinstance(app_config, AppSettings):
+        app_config.made = True
     limiter.reset()
     with application.app_context():
         test_session = billing_db.session()

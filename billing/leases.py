@@ -9,8 +9,9 @@ Both tables carry ``status``, ``attempts``, ``next_attempt_at``, ``locked_until`
    SQLite the database's single writer has the same effect. Counting the attempt here, in its own
    commit, means even a worker killed by the row (out of memory, SIGKILL) uses an attempt up.
 2. :func:`hold` starts the handling transaction by locking (and loading) the row again, only if
-   the worker still holds it. A row whose worker died is claimable again once its lease has expired; while a
-   live worker handles it, the row lock of :func:`hold` keeps every other worker off it.
+   the worker still holds it. A row whose worker died is claimable again once its lease has
+   expired; while a live worker handles it, the row lock of :func:`hold` keeps every other worker
+   off it.
 """
 
 from __future__ import annotations

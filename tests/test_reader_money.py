@@ -307,14 +307,22 @@ def test_a_switch_confirmed_from_a_stale_or_future_preview_is_refused_and_change
     assert only_subscription(session).plan.code == MONTHLY
 
 
-def test_the_next_invoice_uses_the_credit_first_and_keeps_the_rest(
-    reader: Reader, session: Session, gateway: StripeGateway, clock: FixedClock
+def _switch_back_to_monthly(
+    session: Session, gateway: StripeGateway, reader: Reader, now: datetime
 ) -> None:
-    now = clock.now()
+    """Subscribe monthly, switch to yearly, then back: the year's unused part, less the month,
+    is left as a credit (a credit invoice of -108.00)."""
     payments.subscribe(session, gateway, reader, MONTHLY, now=now)
     payments.switch_plan(session, gateway, reader, YEARLY, now=now)
     payments.switch_plan(session, gateway, reader, MONTHLY, now=now)
     session.commit()
+
+
+def test_the_next_invoice_uses_the_credit_first_and_keeps_the_rest(
+    reader: Reader, session: Session, gateway: StripeGateway, clock: FixedClock
+) -> None:
+    now = clock.now()
+    _switch_back_to_monthly(session, gateway, reader, now)
     subscription = only_subscription(session)
     customer_id = subscription.customer.stripe_id
 
@@ -436,10 +444,7 @@ def test_the_invoices_page_shows_a_credit_invoice_as_a_credit(
     app: Flask, reader: Reader, session: Session, gateway: StripeGateway, clock: FixedClock
 ) -> None:
     now = clock.now()
-    payments.subscribe(session, gateway, reader, MONTHLY, now=now)
-    payments.switch_plan(session, gateway, reader, YEARLY, now=now)
-    payments.switch_plan(session, gateway, reader, MONTHLY, now=now)
-    session.commit()
+    _switch_back_to_monthly(session, gateway, reader, now)
     client = app.test_client()
     login(client, reader)
 

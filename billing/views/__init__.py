@@ -12,9 +12,9 @@ ROW_ID_MAX = 2**31 - 1
 
 
 class RowIdConverter(IntegerConverter):
-    """``<int:...>`` in every route: a row id, at most :data:`ROW_ID_MAX`. A larger number is no
-    row's, so the route does not match (404) instead of reaching the database, where SQLite
-    cannot even bind it."""
+    """``<int:...>`` in the pages' routes: a row id, at most :data:`ROW_ID_MAX`. A larger number
+    is no row's, so the route does not match (404) instead of reaching the database, where
+    SQLite cannot even bind it."""
 
     def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("max", ROW_ID_MAX)
@@ -22,7 +22,8 @@ class RowIdConverter(IntegerConverter):
 
 
 def register(app: Flask) -> None:
-    """Register every blueprint of the app (their ``<int:...>`` ids bounded: :class:`RowIdConverter`)."""
+    """Register every blueprint of the app; their ``<int:...>`` ids are row ids
+    (:class:`RowIdConverter`)."""
     app.url_map.converters["int"] = RowIdConverter
     from billing.views import (
         access,
